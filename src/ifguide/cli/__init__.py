@@ -14,7 +14,7 @@ import logging
 import pkgutil
 import sys
 
-from ifguide.errors import EXIT_INPUT_ERROR, InputError
+from ifguide.errors import EXIT_INPUT_ERROR, InputError, TrainingDiverged
 
 logger = logging.getLogger("ifguide")
 
@@ -39,10 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ArgumentParserExit2(argparse.ArgumentParser):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"ifguide {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except TrainingDiverged as e:
+        print(f"ifguide {args.verb}: training stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ifguide {args.verb}: interrupted", file=sys.stderr)
         return 130

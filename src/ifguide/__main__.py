@@ -1,0 +1,5 @@
+import sys
+
+from ifguide.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training with the IF-Guide suppression objective (paper Eq. 9)."""

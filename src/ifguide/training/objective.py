@@ -1,0 +1,95 @@
+"""The IF-Guide suppression objective (paper Eq. 9).
+
+Ordinary next-token cross-entropy on benign targets, and a penalty on the targets that
+attribution selected as toxic, normalised by the number of targets::
+
+    loss = ( Σ_benign CE  +  Σ_toxic penalty ) / n_targets
+    penalty = −λ · CE            (``"neg_ce"``, the paper's; unbounded below)
+            = −λ · log(1 − p)    (``"unlikelihood"``; bounded below by 0)
+
+Shapes and alignment (the same convention as scores and masks, see ``ifguide.data.blocks``):
+``logits[:, j-1]`` predicts ``labels[:, j]``; ``toxic_mask[b, j]`` marks the *target*
+``labels[b, j]``; ``labels == -100`` is ignored; column 0 is never a target.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ifguide.errors import InputError
+
+IGNORE_INDEX = -100
+PENALTIES = ("neg_ce", "unlikelihood")
+# log(1 - p) is clamped at log(_UL_EPS) so a target the model is certain of still has a finite gradient.
+_UL_EPS = 1e-6
+
+
+class LossParts(NamedTuple):
+    loss: torch.Tensor  # the objective (scalar, differentiable)
+    benign_ce_sum: torch.Tensor  # Σ CE over benign targets (detached)
+    toxic_ce_sum: torch.Tensor  # Σ CE over toxic targets (detached)
+    n_benign: torch.Tensor
+    n_toxic: torch.Tensor
+
+
+def suppression_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    toxic_mask: torch.Tensor | None = None,
+    lam: float = 1.0,
+    *,
+    penalty: str = "neg_ce",
+    num_targets: int | torch.Tensor | None = None,
+    return_parts: bool = False,
+) -> torch.Tensor | LossParts:
+    """IF-Guide loss for a batch of causal-LM logits ``[B, T, V]`` and labels ``[B, T]``.
+
+    ``num_targets`` overrides the normaliser (the number of non-ignored targets in this batch),
+    e.g. with the global count of a gradient-accumulated or data-parallel batch, as
+    ``transformers.Trainer`` passes it. Without a mask (or with λ = 0 and ``neg_ce``) this is the
+    stock causal-LM loss, except that λ = 0 keeps the masked targets in the denominator.
+    """
+    if lam < 0:
+        raise InputError(f"lam: the penalty weight λ must be ≥ 0, got {lam}")
+    if penalty not in PENALTIES:
+        raise InputError(f"penalty: expected one of {', '.join(PENALTIES)}, got {penalty!r}")
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise InputError(f"logits must be [B, T, V] and labels [B, T]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if toxic_mask is not None and toxic_mask.shape != labels.shape:
+        raise InputError(f"toxic_mask must have the labels' shape {tuple(labels.shape)}, got {tuple(toxic_mask.shape)}")
+
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    # Cross-entropy in float32 whatever the model's dtype: the penalty term is a small difference of large sums.
+    ce = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(targets)
+    toxic = valid & toxic_mask[:, 1:].bool() if toxic_mask is not None else torch.zeros_like(valid)
+    benign = valid & ~toxic
+
+    if penalty == "neg_ce":
+        toxic_term = -lam * ce
+    else:
+        log_one_minus_p = torch.log(torch.clamp(-torch.expm1(-ce), min=_UL_EPS))
+        toxic_term = -lam * log_one_minus_p
+    total = torch.where(benign, ce, torch.zeros_like(ce)).sum() + torch.where(toxic, toxic_term, torch.zeros_like(ce)).sum()
+    denominator = valid.sum() if num_targets is None else num_targets
+    if not torch.is_tensor(denominator):
+        denominator = torch.tensor(denominator, device=ce.device)
+    loss = total / denominator.to(ce.dtype).clamp(min=1)
+    if not return_parts:
+        return loss
+    with torch.no_grad():
+        return LossParts(
+            loss=loss,
+            benign_ce_sum=torch.where(benign, ce, 0.0).sum().detach(),
+            toxic_ce_sum=torch.where(toxic, ce, 0.0).sum().detach(),
+            n_benign=benign.sum(),
+            n_toxic=toxic.sum(),
+        )

@@ -1,0 +1,242 @@
+"""``train()``: pre-train from scratch or fine-tune, with or without a toxic-token mask.
+
+The model directory it writes is an artifact like any other: weights and tokenizer
+(``save_pretrained``), ``meta.json`` (stage ``"model"``, the model's fingerprint, the blocks'
+and mask's fingerprints, the configuration, throughput), ``train_log.jsonl`` (loss, benign-target
+CE and toxic-target CE per logging step) and ``loss_curve.png``. Checkpoints for resuming
+live in ``OUT.partial/`` until training finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ifguide.artifacts import artifact_dir, fingerprint_json, write_meta
+from ifguide.data.blocks import Blocks
+from ifguide.errors import InputError
+from ifguide.training.objective import PENALTIES
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Pre-training and fine-tuning differ only in the model you start from."""
+
+    max_steps: int = _help("optimizer steps; -1 means use `epochs`", -1)
+    epochs: float = _help("passes over the blocks (when max_steps is -1)", 1.0)
+    lr: float = _help("peak learning rate", 1e-3)
+    batch_size: int = _help("blocks per device per micro-batch", 8)
+    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    weight_decay: float = _help("AdamW weight decay", 0.01)
+    warmup_ratio: float = _help("share of steps with linear learning-rate warm-up", 0.05)
+    scheduler: str = _help("learning-rate schedule (any transformers SchedulerType)", "cosine")
+    max_grad_norm: float = _help("gradient clipping norm", 1.0)
+    seed: int = _help("seed for initialisation order, data order and dropout", 0)
+    lam: float = _help("λ: weight of the penalty on toxic targets (paper: 1.0)", 1.0)
+    penalty: str = _help("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p), bounded)", "neg_ce")
+    max_toxic_ce: float | None = _help(
+        "guard: stop when a batch's mean toxic-target CE exceeds this many nats (None: off)", 100.0
+    )
+    logging_steps: int = _help("steps between log entries", 10)
+    save_steps: int = _help("steps between resumable checkpoints (0: none)", 0)
+    bf16: bool = _help("bfloat16 mixed precision (GPU)", False)
+    fp16: bool = _help("float16 mixed precision (GPU)", False)
+    rows: list[int] | None = _help("train on these block rows only (baselines that drop documents)", None)
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise InputError(f"--lam: λ must be ≥ 0, got {self.lam}")
+        if self.penalty not in PENALTIES:
+            raise InputError(f"--penalty: expected one of {', '.join(PENALTIES)}, got {self.penalty!r}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InputError(f"--max-steps: expected a positive number or -1, got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:
+            raise InputError(f"--epochs: must be > 0, got {self.epochs}")
+        for name in ("lr", "batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_toxic_ce is not None and self.max_toxic_ce <= 0:
+            raise InputError(f"--max-toxic-ce: must be > 0, got {self.max_toxic_ce}")
+
+
+def _training_arguments(config: TrainConfig, work: Path):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        max_steps=config.max_steps,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
+        lr_scheduler_type=config.scheduler,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=2,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _check_tokenizer(tokenizer, blocks: Blocks) -> None:
+    from ifguide.models import fingerprint_tokenizer
+
+    if fingerprint_tokenizer(tokenizer) != blocks.tokenizer_fingerprint:
+        raise InputError(
+            f"{blocks.path}: the blocks were tokenised with a different tokenizer than the model's "
+            "(tokenizer fingerprint mismatch); prepare them with the model's tokenizer"
+        )
+
+
+def train(
+    model: Any,
+    blocks: str | os.PathLike | Blocks,
+    out: str | os.PathLike,
+    *,
+    mask: str | os.PathLike | np.ndarray | None = None,
+    config: TrainConfig | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+    resume: bool = True,
+) -> Path:
+    """Train ``model`` (hub id, directory or object) on ``blocks``; write the result to ``out``.
+
+    With ``mask`` the IF-Guide objective penalises the masked targets; without it this is
+    ordinary causal-LM training. ``resume`` continues from the last checkpoint in ``OUT.partial``
+    when one was written with the same configuration.
+    """
+    from ifguide.models import fingerprint_model, load_model, load_tokenizer
+    from ifguide.training.data import BlockDataset, load_mask
+    from ifguide.training.plots import plot_loss_curve
+    from ifguide.training.trainer import SuppressionLogCallback, SuppressionTrainer
+
+    config = config or TrainConfig()
+    blocks = blocks if isinstance(blocks, Blocks) else Blocks.open(blocks)
+    mask_arr, mask_info = load_mask(mask, blocks) if mask is not None else (None, None)
+    if tokenizer is None and isinstance(model, (str, os.PathLike)):
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, blocks)
+    else:
+        logger.warning("no tokenizer given with a model object: cannot check it against the blocks")
+    model_source = str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "object")
+    model = load_model(model, trust_remote_code=trust_remote_code)
+    start_fingerprint = fingerprint_model(model)
+
+    out = Path(out)
+    work = out.parent / f"{out.name}.partial"
+    run_key = fingerprint_json(
+        {"config": dataclasses.asdict(config), "blocks": blocks.fingerprint, "mask": mask_info, "model": start_fingerprint}
+    )
+    _prepare_work_dir(work, run_key, resume)
+
+    dataset = BlockDataset(blocks.input_ids, mask_arr, rows=config.rows)
+    trainer = SuppressionTrainer(
+        model=model,
+        args=_training_arguments(config, work),
+        train_dataset=dataset,
+        lam=config.lam,
+        penalty=config.penalty,
+        max_toxic_ce=config.max_toxic_ce,
+    )
+    log_path = work / "train_log.jsonl"
+    checkpoint = _last_checkpoint(work) if resume else None
+    if checkpoint is None:
+        log_path.unlink(missing_ok=True)
+    else:
+        _load_checkpoint_weights(model, checkpoint)
+    trainer.add_callback(SuppressionLogCallback(trainer, log_path))
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+    if not trainer.is_world_process_zero():
+        return out
+    log_path.touch()
+
+    world = trainer.args.world_size
+    tokens = trainer.state.global_step * config.batch_size * config.grad_accum * world * blocks.block_size
+    with artifact_dir(out) as tmp:
+        trainer.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.copy(log_path, tmp / "train_log.jsonl")
+        plot_loss_curve(tmp / "train_log.jsonl", tmp / "loss_curve.png")
+        write_meta(
+            tmp,
+            "model",
+            args={**dataclasses.asdict(config), "model": model_source},
+            fingerprint=fingerprint_model(trainer.model),
+            init_fingerprint=start_fingerprint,
+            blocks_fingerprint=blocks.fingerprint,
+            tokenizer_fingerprint=blocks.tokenizer_fingerprint,
+            mask=mask_info,
+            steps=trainer.state.global_step,
+            final_loss=result.training_loss,
+            seconds=seconds,
+            tokens_per_second=tokens / seconds if seconds > 0 else None,
+            parameters=sum(p.numel() for p in trainer.model.parameters()),
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("trained %d steps in %.1f s -> %s", trainer.state.global_step, seconds, out)
+    return out
+
+
+def _prepare_work_dir(work: Path, run_key: str, resume: bool) -> None:
+    key_file = work / "run_key.json"
+    if work.exists():
+        same = key_file.is_file() and json.loads(key_file.read_text()).get("key") == run_key
+        if not (resume and same):
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps({"key": run_key}))
+
+
+def _load_checkpoint_weights(model, checkpoint: str) -> None:
+    """Restore weights with ``from_pretrained``, which maps renamed keys (e.g. GPT-NeoX's
+    ``embed_out`` / ``lm_head``) that ``Trainer``'s raw state-dict reload misses; the Trainer
+    then restores optimizer, scheduler and RNG states from the same checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    logger.info("resuming from %s", checkpoint)
+    saved = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict())
+
+
+def _last_checkpoint(work: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = work / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
