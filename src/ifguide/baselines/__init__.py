@@ -1,0 +1,1 @@
+"""Baseline detoxification methods that IF-Guide is compared with."""
