@@ -1,0 +1,280 @@
+"""The ``ifguide run`` configuration: YAML validated by dataclasses.
+
+Unknown keys and ill-typed values are errors that name the key (``InputError``, exit 2).
+Every field carries help text; ``ifguide run --explain`` prints them. Paths in the YAML are
+relative to the YAML file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ifguide.errors import InputError
+
+
+def _h(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class DataConfig:
+    corpus: list[str] = _h("training documents: files/directories (.txt/.jsonl/.parquet) or HF dataset names", [])
+    heldout: str | None = _h("held-out text for perplexity (file or blocks dir)", None)
+    line_docs: bool = _h("one document per line in .txt inputs", False)
+    block_size: int = _h("tokens per training block (paper: 2048)", 128)
+
+    def __post_init__(self):
+        if not self.corpus:
+            raise InputError("config data.corpus: give at least one input")
+        if self.block_size < 2:
+            raise InputError(f"config data.block_size: must be ≥ 2, got {self.block_size}")
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = _h("existing tokenizer (dir or hub id); when null a byte-level BPE is trained on the corpus", None)
+    vocab_size: int = _h("vocabulary size of a trained tokenizer", 4096)
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = _h("pre-trained model (dir or hub id) to start from; null: initialise from arch/preset", None)
+    arch: str = _h("architecture for a fresh model: gpt-neox, llama, gpt2, qwen2", "gpt-neox")
+    preset: str = _h("size preset for a fresh model (see `ifguide init-model --help`)", "tiny")
+    init_seed: int = _h("seed of the random initialisation", 0)
+
+    def __post_init__(self):
+        from ifguide.models import ARCHITECTURES, PRESETS
+
+        if self.path is None:
+            if self.arch not in ARCHITECTURES:
+                raise InputError(f"config model.arch: unknown {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
+            if self.preset not in PRESETS:
+                raise InputError(f"config model.preset: unknown {self.preset!r}; known: {', '.join(PRESETS)}")
+
+
+@dataclass
+class TrainSection:
+    epochs: float = _h("passes over the corpus for the base model", 1.0)
+    max_steps: int = _h("optimizer steps (overrides epochs when > 0)", -1)
+    lr: float = _h("peak learning rate", 2e-3)
+    batch_size: int = _h("blocks per micro-batch", 16)
+    grad_accum: int = _h("micro-batches per step", 1)
+    weight_decay: float = _h("AdamW weight decay", 0.01)
+    warmup_ratio: float = _h("warm-up share of steps", 0.05)
+    logging_steps: int = _h("steps between log entries", 10)
+
+
+@dataclass
+class FinetuneSection:
+    fraction: float = _h("fine-tuning steps as a fraction of the base model's steps (setting: finetune)", 0.1)
+    lr: float = _h("fine-tuning learning rate", 5e-4)
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 10:
+            raise InputError(f"config finetune.fraction: must be in (0, 10], got {self.fraction}")
+
+
+@dataclass
+class AttributionSection:
+    queries_toxic: str | None = _h("toxic query set (jsonl; RTP schema or {prompt, continuation, label})", None)
+    queries_safe: str | None = _h("safe query set; null: take safe queries from queries_toxic by label/toxicity", None)
+    strategy: str = _h("Hessian approximation: ekfac, kfac, diagonal, identity", "ekfac")
+    max_blocks: int | None = _h("blocks used to fit the factors (null: all)", None)
+    score_blocks: int | None = _h("score only the first N blocks (null: all); unscored blocks are NaN", None)
+    batch_size: int = _h("blocks per batch in factor fitting and scoring", 8)
+    alignment: str = _h("score position → target: 'next' (t → t+1) or 'same' (t → t, the reference code)", "next")
+    modules: str | None = _h("regex of modules to track (null: every Linear in the transformer blocks)", None)
+    proxy: ModelConfig | None = _h("a smaller model to compute scores with (shares the tokenizer)", None)
+
+
+@dataclass
+class SelectionSection:
+    threshold: float = _h("percentile of scores above which a token is toxic (paper: 0.99)", 0.99)
+    window: int = _h("context tokens added on each side of a toxic token (paper: 1)", 1)
+    budget: float = _h("share of all training tokens to select (paper: 0.02)", 0.02)
+    lam: float = _h("penalty weight λ (paper: 1)", 1.0)
+
+
+@dataclass
+class EvaluationSection:
+    prompts: str | None = _h("evaluation prompts (jsonl, RTP schema or {prompt, toxicity})", None)
+    samples: int = _h("samples per prompt (paper: 25)", 25)
+    max_new_tokens: int = _h("tokens per sample (paper: 20)", 20)
+    top_p: float = _h("nucleus sampling p (paper: 0.9)", 0.9)
+    seeds: list[int] = _h("sampling seeds; metrics are mean ± sd over them", [1, 2, 3])
+    scorer: str = _h("toxicity scorer name (see `ifguide evaluate --help`)", "profanity-check")
+    max_prompts: int | None = _h("use the first N prompts only", None)
+    batch_size: int = _h("prompts per generation batch", 16)
+    lambada: str | None = _h("LAMBADA jsonl for accuracy", None)
+    lm_eval_tasks: list[str] = _h("lm-evaluation-harness tasks", [])
+    rad_k: int = _h("RAD: candidates re-scored per step", 20)
+    rad_beta: float = _h("RAD: weight of the reward", 10.0)
+
+
+@dataclass
+class DPOSection:
+    pairs: str | None = _h("preference pairs jsonl {prompt, chosen, rejected}; null: built from the query sets", None)
+    beta: float = _h("DPO β", 0.1)
+    steps: int = _h("DPO optimizer steps", 100)
+    lr: float = _h("DPO learning rate", 5e-5)
+    batch_size: int = _h("pairs per batch", 8)
+
+
+KNOWN_METHODS = (
+    "base", "ifguide", "random", "oracle", "toxic-only", "document", "unlikelihood", "remove",
+    "filter-scorer", "filter-influence", "dpo", "rad", "ifguide+rad", "proxy",
+)
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = _h("training corpus")
+    out: str | None = _h("run directory (the CLI's --out overrides it)", None)
+    setting: str = _h("'pretrain': train each method from scratch; 'finetune': continue the base model", "pretrain")
+    seed: int = _h("training seed (the same data order for every method)", 0)
+    methods: list[str] = _h(f"methods to compare; known: {', '.join(KNOWN_METHODS)}", ["base", "ifguide", "random"])
+    tokenizer: TokenizerConfig = _h("tokenizer", None)
+    model: ModelConfig = _h("the model to train", None)
+    train: TrainSection = _h("base training", None)
+    finetune: FinetuneSection = _h("fine-tuning setting", None)
+    attribution: AttributionSection = _h("influence scores", None)
+    selection: SelectionSection = _h("token selection and penalty", None)
+    evaluation: EvaluationSection = _h("evaluation", None)
+    dpo: DPOSection = _h("the DPO baseline", None)
+    baseline: str = _h("row the reduction factors and CIs are computed against", "base")
+    control: str | None = _h("control row for the second set of paired CIs", "random")
+    demo_labels: bool = _h("report precision/recall of the selection against the corpus's toxic_spans", True)
+
+    def __post_init__(self):
+        for name, cls in (("tokenizer", TokenizerConfig), ("model", ModelConfig), ("train", TrainSection),
+                          ("finetune", FinetuneSection), ("attribution", AttributionSection),
+                          ("selection", SelectionSection), ("evaluation", EvaluationSection), ("dpo", DPOSection)):
+            if getattr(self, name) is None:
+                setattr(self, name, cls())
+        if self.setting not in ("pretrain", "finetune"):
+            raise InputError(f"config setting: expected 'pretrain' or 'finetune', got {self.setting!r}")
+        unknown = [m for m in self.methods if m not in KNOWN_METHODS]
+        if unknown:
+            raise InputError(f"config methods: unknown {unknown}; known: {', '.join(KNOWN_METHODS)}")
+        if "base" not in self.methods:
+            raise InputError("config methods: 'base' is required (every method is compared with it)")
+        needs_queries = {"ifguide", "random", "toxic-only", "document", "unlikelihood", "remove", "filter-influence", "ifguide+rad", "proxy"}
+        if needs_queries & set(self.methods) and not self.attribution.queries_toxic:
+            raise InputError("config attribution.queries_toxic: required by the methods " + ", ".join(sorted(needs_queries & set(self.methods))))
+        if not self.evaluation.prompts:
+            raise InputError("config evaluation.prompts: required")
+        if "proxy" in self.methods and self.attribution.proxy is None:
+            raise InputError("config attribution.proxy: required by the method 'proxy'")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, (str, int, float)) else value
+        if not isinstance(value, list):
+            raise InputError(f"config {where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise InputError(f"config {where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"config {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"config {where + '.' if where else ''}{unknown[0]}: unknown key; known keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InputError(f"config {where or 'top level'}: {e}") from None
+
+
+def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
+    def fix(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(os.path.expanduser(p))
+        if q.is_absolute():
+            return str(q)
+        return str(base / q) if (base / q).exists() or not ("/" in p and not p.startswith(".")) else p
+
+    cfg.data.corpus = [fix(p) for p in cfg.data.corpus]
+    cfg.data.heldout = fix(cfg.data.heldout)
+    for sec, keys in ((cfg.attribution, ("queries_toxic", "queries_safe")), (cfg.evaluation, ("prompts", "lambada")),
+                      (cfg.dpo, ("pairs",)), (cfg.tokenizer, ("path",)), (cfg.model, ("path",))):
+        for k in keys:
+            setattr(sec, k, fix(getattr(sec, k)))
+    if cfg.out is not None:
+        cfg.out = str(base / cfg.out) if not Path(cfg.out).is_absolute() else cfg.out
+
+
+def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> PipelineConfig:
+    cfg = _build(PipelineConfig, data, "")
+    _resolve_paths(cfg, Path(base_dir))
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: invalid YAML ({e})") from None
+    try:
+        return config_from_dict(data, path.parent)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def explain(cls=PipelineConfig, prefix: str = "") -> str:
+    """Every config key with its default and help text, for ``ifguide run --explain``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        sub = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        if sub is not None:
+            lines.append(f"{prefix}{f.name}:  # {f.metadata.get('help', '')}")
+            lines.append(explain(sub, prefix + "  "))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{prefix}{f.name}: {default!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
