@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ifguide.artifacts import artifact_dir, sha256_file, write_json, write_meta
+from ifguide.artifacts import artifact_dir, fingerprint_json, sha256_file, write_json, write_meta
 from ifguide.errors import InputError
 from ifguide.evaluation import metrics
 from ifguide.evaluation.generation import SamplingConfig, sample_continuations
@@ -287,7 +287,7 @@ def evaluate(
         results["seconds"] = {**seconds, "fluency": t1 - t0, "harness": time.perf_counter() - t1}
         write_json(tmp / "results.json", results)
         write_meta(
-            tmp, "eval", args=asdict(config), fingerprint=results["prompts"]["fingerprint"] + ":" + results["model_fingerprint"],
+            tmp, "eval", args=asdict(config), fingerprint=fingerprint_json([results["model_fingerprint"], results["prompts"]["fingerprint"], asdict(config)]),
             model_fingerprint=results["model_fingerprint"], prompts_fingerprint=results["prompts"]["fingerprint"],
             tokenizer_fingerprint=results["tokenizer_fingerprint"],
         )
