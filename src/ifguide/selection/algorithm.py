@@ -165,7 +165,7 @@ def row_sums_left_to_right(values: np.ndarray, toxic: np.ndarray, counts: np.nda
     rows = np.flatnonzero(counts)
     if rows.size == 0:
         return sums
-    picked = values[rows][toxic[rows]].astype(np.float64)  # row-major: row by row, j ascending
+    picked = values[toxic].astype(np.float64)  # row-major: row by row, j ascending
     c = counts[rows]
     starts = np.cumsum(c) - c
     slot = np.arange(picked.size) - np.repeat(starts, c)
@@ -183,20 +183,26 @@ def _chunk_candidates(chunk: np.ndarray, tau: np.floating, window: int) -> tuple
 
 
 def _document_statistics(source: ScoreSource, tau: np.floating, window: int, chunk_elements: int):
-    """One pass: per-row toxic counts s, sums f and window-candidate counts c."""
+    """One pass: per-row toxic counts s, sums f and window-candidate counts c.
+
+    Also returns the candidate mask when the scores fit in one chunk, so that writing the mask
+    need not recompute it.
+    """
     n = source.n_rows
     s = np.zeros(n, dtype=np.int64)
     f = np.zeros(n, dtype=np.float64)
     c = np.zeros(n, dtype=np.int64)
+    single_chunk = source.rows_per_chunk(chunk_elements) >= n and len(source.parts) == 1
+    candidates = None
     with tqdm(total=n, desc="rank documents", unit="row", disable=None) as bar:
         for first, chunk in source.iter_chunks(chunk_elements):
             rows = slice(first, first + len(chunk))
             toxic, candidates = _chunk_candidates(chunk, tau, window)
-            s[rows] = toxic.sum(axis=1)
+            s[rows] = np.count_nonzero(toxic, axis=1)
             f[rows] = row_sums_left_to_right(chunk, toxic, s[rows])
-            c[rows] = candidates.sum(axis=1)
+            c[rows] = np.count_nonzero(candidates, axis=1)
             bar.update(len(chunk))
-    return s, f, c
+    return s, f, c, (candidates if single_chunk else None)
 
 
 def _tokens_per_document(ranked: np.ndarray, candidate_counts: np.ndarray, budget: int) -> np.ndarray:
@@ -214,9 +220,10 @@ def _tokens_per_document(ranked: np.ndarray, candidate_counts: np.ndarray, budge
 
 
 class _MaskWriter:
-    """Writes a bool [N, T] ``.npy`` row chunk by row chunk (or fills an array), hashing as it goes.
+    """Writes a bool [N, T] ``.npy`` row chunk by row chunk (or fills an array).
 
-    The hash equals :func:`ifguide.artifacts.fingerprint_array` of the finished mask.
+    A file is hashed as it is written; the hash equals :func:`ifguide.artifacts.fingerprint_array`
+    of the finished mask (in-memory masks are not hashed: callers can fingerprint them if needed).
     """
 
     def __init__(self, shape: tuple[int, int], path: str | os.PathLike | None):
@@ -236,8 +243,8 @@ class _MaskWriter:
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=bool)
-        self.hash.update(rows.tobytes())
         if self.file is not None:
+            self.hash.update(rows)
             self.file.write(rows.tobytes())
         else:
             self.array[self.row : self.row + len(rows)] = rows
@@ -251,7 +258,8 @@ class _MaskWriter:
 
 
 def _write_mask(
-    source: ScoreSource, tau, window: int, take: np.ndarray, candidate_counts: np.ndarray, out, chunk_elements: int
+    source: ScoreSource, tau, window: int, take: np.ndarray, candidate_counts: np.ndarray, out,
+    chunk_elements: int, cached_candidates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     writer = _MaskWriter(source.shape, out)
     try:
@@ -261,7 +269,10 @@ def _write_mask(
             if not chunk_take.any():
                 writer.write(np.zeros(chunk.shape, dtype=bool))
                 continue
-            _, candidates = _chunk_candidates(chunk, tau, window)
+            if cached_candidates is not None:
+                candidates = cached_candidates
+            else:
+                _, candidates = _chunk_candidates(chunk, tau, window)
             whole = chunk_take == candidate_counts[rows]
             mask = candidates & whole[:, None]
             for r in np.flatnonzero(~whole & (chunk_take > 0)):  # at most one row: the budget cut
@@ -271,17 +282,17 @@ def _write_mask(
         if writer.file is not None:
             writer.file.close()
         raise
-    return writer.close(), writer.hash.hexdigest()
+    return writer.close(), (writer.hash.hexdigest() if writer.file is not None else None)
 
 
 def _select_vectorised(source: ScoreSource, params: SelectionParams, out, chunk_elements: int, gather_limit: int) -> Selection:
     q = exact_quantile(source, params.threshold, chunk_elements=chunk_elements, gather_limit=gather_limit)
     tau, budget = q.value, params.budget_tokens(q.n_finite)
-    s, f, c = _document_statistics(source, tau, params.window, chunk_elements)
+    s, f, c, cached = _document_statistics(source, tau, params.window, chunk_elements)
     ranks = document_ranks(s, f)
     ranked = rank_order(ranks, s)
     take = _tokens_per_document(ranked, c, budget)
-    mask, fingerprint = _write_mask(source, tau, params.window, take, c, out, chunk_elements)
+    mask, fingerprint = _write_mask(source, tau, params.window, take, c, out, chunk_elements, cached)
     return Selection(
         mask=mask,
         tau=tau,

@@ -96,7 +96,10 @@ def render_inspector_html(
     else:
         shown_scores = np.asarray(scores[rows], dtype=np.float64).reshape(len(rows), -1)
     finite = shown_scores[np.isfinite(shown_scores)]
-    scale = float(np.max(np.abs(finite))) if finite.size else 1.0
+    # a robust scale: one extreme token should not wash every other colour out
+    scale = float(np.quantile(np.abs(finite), 0.98)) if finite.size else 1.0
+    if tau is not None and np.isfinite(tau):
+        scale = max(scale, abs(float(tau)))
     by_doc = {int(r["doc"]): r for r in (ranking or [])}
     body = [f"<style>{_CSS}</style>", '<div class="ifg-inspector">']
     summary = f"{len(rows)} documents shown; colour scale +/-{scale:.4g}"

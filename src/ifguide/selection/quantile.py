@@ -43,11 +43,34 @@ class QuantileResult:
 
 
 def float_to_key(values: np.ndarray) -> np.ndarray:
-    """Unsigned integer keys ordered like the floats (-inf < ... < -0.0 < +0.0 < ... < +inf)."""
-    utype = _UINT[values.dtype.itemsize]
+    """Unsigned integer keys ordered like the floats (-inf < ... < -0.0 < +0.0 < ... < +inf).
+
+    Negative floats get all bits flipped, non-negative ones only the sign bit: XOR with a mask
+    made by an arithmetic shift of the sign across the word (faster than ``np.where``).
+    """
+    size = values.dtype.itemsize
+    utype, itype = _UINT[size], np.dtype(f"i{size}").type
     bits = values.view(utype)
-    sign = utype(1) << utype(8 * values.dtype.itemsize - 1)
-    return np.where(bits & sign, ~bits, bits | sign)
+    flip = (values.view(itype) >> itype(8 * size - 1)).view(utype) | (utype(1) << utype(8 * size - 1))
+    return bits ^ flip
+
+
+def select_ranks(arr: np.ndarray, ranks: list[int]) -> list:
+    """``sorted(arr)[r]`` for each rank, partitioning ``arr`` in place.
+
+    Partitioning at one kth and taking the minimum of the upper part for the next rank is several
+    times faster than ``np.partition`` with a list of kth (numpy handles lists much more slowly).
+    """
+    wanted = sorted(set(ranks))
+    arr.partition(wanted[0])
+    found = {wanted[0]: arr[wanted[0]]}
+    for r in wanted[1:]:
+        if r == wanted[0] + 1:  # fmin skips any NaN (they lie above the kth too)
+            found[r] = np.fmin.reduce(arr[wanted[0] + 1 :])
+        else:  # not needed for quantiles; kept general
+            arr.partition(r)
+            found[r] = arr[r]
+    return [found[r] for r in ranks]
 
 
 def key_to_float(key: int, dtype: np.dtype) -> np.floating:
@@ -146,9 +169,8 @@ def _gather_and_finish(source: ScoreSource, targets: list[_Target], chunk_elemen
     for group, bucket in buckets.items():
         keys = np.concatenate(bucket)
         mine = [t for t in targets if (t.known_bits, t.prefix) == group]
-        keys.partition(sorted({t.rank for t in mine}))
-        for t in mine:
-            t.key = int(keys[t.rank])
+        for t, key in zip(mine, select_ranks(keys, [t.rank for t in mine])):
+            t.key = int(key)
 
 
 def _out_of_core_order_statistics(
@@ -192,16 +214,14 @@ def exact_quantile(
     source = open_scores(scores)
     total = source.n_rows * source.n_cols
     if total <= gather_limit:
+        # NaN sorts after every number in np.partition, so the NaN need not be filtered out first
         values = np.concatenate([c.reshape(-1) for _, c in source.iter_chunks(chunk_elements)])
         if np.isinf(values).any():
             raise InputError("scores contain +/-inf; only finite values (or NaN for 'no score') are allowed")
-        values = values[~np.isnan(values)]
-        n_finite = values.size
+        n_finite = values.size - int(np.count_nonzero(np.isnan(values)))
         if n_finite == 0:
             raise InputError("scores: every score is NaN; there is nothing to select from")
-        lo, hi = quantile_ranks(n_finite, p)
-        values.partition(sorted({lo, hi}))
-        x_lo, x_hi = values[lo], values[hi]
+        x_lo, x_hi = select_ranks(values, list(quantile_ranks(n_finite, p)))
         passes = 1
     else:
         x_lo, x_hi, n_finite, passes = _out_of_core_order_statistics(source, p, chunk_elements, gather_limit)
