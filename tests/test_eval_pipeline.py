@@ -106,6 +106,9 @@ def test_cli_evaluate_with_fluency_and_bad_inputs(tmp_path, model_dir, blocks_di
     assert not (tmp_path / "x").exists()
     assert main(["evaluate", "--model", model_dir, "--prompts", prompts_path, "--out", str(tmp_path / "y"), "--seeds", "1,a"]) == 2
     assert main(["evaluate", "--model", model_dir, "--prompts", prompts_path, "--out", str(tmp_path / "y"), "--scorer", "nope"]) == 2
+    # fluency inputs are checked before any sampling
+    assert main(["evaluate", "--model", model_dir, "--prompts", prompts_path, "--out", str(tmp_path / "y"), "--ppl-data", str(tmp_path)]) == 2
+    assert "not a blocks directory" in capsys.readouterr().err
 
 
 def test_compare_paired_bootstrap_table_and_plot(tmp_path, tokenizer_dir, model_dir, prompts_path, eval_dir):

@@ -234,6 +234,27 @@ def _accuracy(model, tok, config: EvalConfig) -> dict:
     return {"accuracy": accuracy or None, "acc_mean": acc_mean, "lm_eval": raw}
 
 
+def check_inputs(config: EvalConfig) -> None:
+    """Refuse missing or malformed fluency/harness inputs before spending time on sampling."""
+    if config.ppl_data:
+        path = Path(config.ppl_data)
+        if path.is_dir():
+            if not (path / "meta.json").is_file():
+                raise InputError(f"--ppl-data: {path} is a directory but not a blocks directory; give blocks or a text/jsonl file")
+            from ifguide.data.blocks import Blocks
+
+            Blocks.open(path)
+        elif not path.is_file():
+            raise InputError(f"--ppl-data: {path}: no such file or directory")
+    if config.lambada:
+        from ifguide.evaluation.fluency import read_lambada
+
+        read_lambada(config.lambada, config.lambada_limit)
+    for task, path in config.lm_eval_data.items():
+        if not Path(path).is_file():
+            raise InputError(f"--lm-eval-data {task}: {path}: no such file")
+
+
 def evaluate(
     model,
     prompts: str | os.PathLike,
@@ -250,6 +271,7 @@ def evaluate(
     """
     config = config or EvalConfig()
     prompt_list = load_prompts(prompts, config.max_prompts)
+    check_inputs(config)
     scorer = get_scorer(config.scorer, label=config.scorer_label)
     lm, tok = _load(model, tokenizer, trust_remote_code)
     from ifguide.models import fingerprint_tokenizer

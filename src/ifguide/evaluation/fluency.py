@@ -51,9 +51,13 @@ def _rows_from_text(path: Path, tokenizer, window: int) -> list[np.ndarray]:
     """Documents joined with EOS (as in training) and cut into windows; the last may be shorter."""
     from ifguide.data.readers import iter_documents, resolve_sources
 
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        texts = (doc.text for doc in iter_documents(resolve_sources([path])))
+    else:  # any other file (.txt, WikiText's .raw, ...) is one plain-text document
+        texts = iter([path.read_text(encoding="utf-8")])
     stream: list[int] = []
-    for doc in iter_documents(resolve_sources([path])):
-        stream.extend(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         stream.append(tokenizer.eos_token_id)
     ids = np.asarray(stream, dtype=np.int64)
     rows = [ids[i : i + window] for i in range(0, len(ids), window)]
