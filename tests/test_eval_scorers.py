@@ -101,3 +101,38 @@ def test_detoxify_fails_clearly_without_weights(monkeypatch, tmp_path):
         get_scorer("detoxify:unbiased")
     with pytest.raises(InputError, match="checkpoint .* not found"):
         get_scorer("detoxify:original", checkpoint=str(tmp_path / "none.ckpt"), base=str(tmp_path))
+
+
+def test_unknown_scorer_option_is_refused():
+    with pytest.raises(InputError, match="unknown option.*label.*accepts: none"):
+        get_scorer("profanity-check", label="toxic")
+    with pytest.raises(InputError, match="accepts: checkpoint, base"):
+        get_scorer("detoxify:original", wordlist="x")
+
+
+def test_cli_evaluate_with_hf_scorer_and_rad_wordlist(tmp_path, classifier_dir, model_dir):
+    import json
+
+    from conftest import write_jsonl
+    from ifguide.cli import main
+
+    path, model, tok = classifier_dir
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "The old bridge"}, {"prompt": "A young cat", "toxic": False}])
+    words = tmp_path / "words.txt"
+    words.write_text("stupid\nidiot\n")
+    out = tmp_path / "ev"
+    rc = main([
+        "evaluate", "--model", model_dir, "--prompts", prompts, "--out", str(out), "--scorer", f"hf:{path}",
+        "--label", "toxic", "--samples", "2", "--max-new-tokens", "3", "--seeds", "1,2",
+        "--decoding", "rad", "--rad-k", "3", "--rad-scorer", "wordlist", "--rad-scorer-option", f"wordlist={words}",
+    ])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["scorer"]["name"] == f"hf:{path}" and results["decoding"]["rad"]["scorer"] == "wordlist"
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    texts, scores = gens[0]["continuations"], gens[0]["scores"]["toxicity"]
+    keep = [i for i, t in enumerate(texts) if tok(t)["input_ids"]]  # the reference cannot run on ""
+    ref = _reference_logits(model, tok, [texts[i] for i in keep]).softmax(-1)[:, 1].numpy()
+    np.testing.assert_allclose([scores[i] for i in keep], ref, atol=1e-5)
+    assert main(["evaluate", "--model", model_dir, "--prompts", prompts, "--out", str(out),
+                 "--scorer-option", "novalue"]) == 2

@@ -19,20 +19,36 @@ def _names(text: str | None) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()] if text else []
 
 
+def _options(items: list[str] | None, **named: str | None) -> dict[str, str]:
+    """``["key=value", ...]`` plus the named flags that were given -> scorer options."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--scorer-option: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    out.update({k: v for k, v in named.items() if v is not None})
+    return out
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from ifguide.evaluation.evaluate import EvalConfig, evaluate
     from ifguide.evaluation.harness import parse_task_data
 
     config = EvalConfig(
-        scorer=args.scorer, scorer_label=args.label, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        scorer=args.scorer, scorer_options=_options(args.scorer_option, label=args.label), samples=args.samples, max_new_tokens=args.max_new_tokens,
         top_p=args.top_p, seeds=_seeds(args.seeds), max_prompts=args.max_prompts, decoding=args.decoding,
-        rad_k=args.rad_k, rad_beta=args.rad_beta, rad_scorer=args.rad_scorer, ppl_data=args.ppl_data,
+        rad_k=args.rad_k, rad_beta=args.rad_beta, rad_scorer=args.rad_scorer,
+        rad_scorer_options=_options(args.rad_scorer_option, label=args.rad_label) if args.rad_scorer else None, ppl_data=args.ppl_data,
         ppl_max_rows=args.ppl_max_rows, lambada=args.lambada, lambada_limit=args.lambada_limit,
         lm_eval_tasks=tuple(_names(args.lm_eval_tasks)), lm_eval_data=parse_task_data(args.lm_eval_data),
         lm_eval_limit=args.lm_eval_limit, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         bootstrap=args.bootstrap,
     )
-    evaluate(args.model, args.prompts, args.out, config, tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code)
+    evaluate(
+        args.model, args.prompts, args.out, config,
+        tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+    )
     return 0
 
 
@@ -53,6 +69,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="eval directory to write")
     p.add_argument("--scorer", default="profanity-check", help="profanity-check | wordlist | detoxify:VARIANT | hf:ID_OR_DIR")
     p.add_argument("--label", help="toxic class (name or index) of an hf: scorer")
+    p.add_argument(
+        "--scorer-option", action="append", metavar="KEY=VALUE",
+        help="scorer option, repeatable: checkpoint=/base= (detoxify, offline), wordlist=PATH (wordlist)",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--samples", type=positive_int, default=25, help="continuations per prompt (default 25)")
     p.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per continuation (default 20)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (default 0.9; top-k disabled)")
@@ -61,7 +82,9 @@ def register(subparsers) -> None:
     p.add_argument("--decoding", default="plain", choices=["plain", "rad"], help="plain sampling or RAD")
     p.add_argument("--rad-k", type=positive_int, default=20, help="RAD: candidates re-scored per step")
     p.add_argument("--rad-beta", type=float, default=10.0, help="RAD: reward weight")
-    p.add_argument("--rad-scorer", help="RAD: reward scorer (default: --scorer)")
+    p.add_argument("--rad-scorer", help="RAD: reward scorer (default: --scorer with its options)")
+    p.add_argument("--rad-label", help="RAD: toxic class of an hf: reward scorer")
+    p.add_argument("--rad-scorer-option", action="append", metavar="KEY=VALUE", help="RAD: reward scorer option")
     p.add_argument("--ppl-data", help="blocks directory or text/jsonl file for held-out perplexity")
     p.add_argument("--ppl-max-rows", type=positive_int, help="perplexity on the first N rows only")
     p.add_argument("--lambada", help="LAMBADA (OpenAI version) jsonl with {'text': ...} lines")

@@ -61,7 +61,9 @@ class EvalConfig:
     """Everything ``ifguide evaluate`` can be told; defaults follow the paper."""
 
     scorer: str = field(default=DEFAULT_SCORER, metadata={"help": "toxicity scorer (see ifguide.evaluation.scorers)"})
-    scorer_label: str | None = field(default=None, metadata={"help": "toxic class of an hf: scorer"})
+    scorer_options: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "scorer options, e.g. {'label': 'toxic'} for hf:, {'checkpoint', 'base'} for detoxify"}
+    )
     samples: int = field(default=25, metadata={"help": "continuations per prompt"})
     max_new_tokens: int = field(default=20, metadata={"help": "tokens per continuation"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass; top-k is disabled"})
@@ -71,6 +73,9 @@ class EvalConfig:
     rad_k: int = field(default=20, metadata={"help": "RAD: candidates re-scored per step"})
     rad_beta: float = field(default=10.0, metadata={"help": "RAD: weight of the reward added to the logits"})
     rad_scorer: str | None = field(default=None, metadata={"help": "RAD: reward scorer (default: --scorer)"})
+    rad_scorer_options: dict[str, str] | None = field(
+        default=None, metadata={"help": "RAD: reward scorer options (default: scorer_options when rad_scorer is unset)"}
+    )
     ppl_data: str | None = field(default=None, metadata={"help": "blocks dir or text/jsonl file for perplexity"})
     ppl_max_rows: int | None = field(default=None, metadata={"help": "perplexity on the first N rows only"})
     lambada: str | None = field(default=None, metadata={"help": "LAMBADA (OpenAI) jsonl for last-word accuracy"})
@@ -148,7 +153,7 @@ def recompute_results(generations_path: str | os.PathLike, n_boot: int = metrics
 # --------------------------------------------------------------------------- the stage
 
 
-def _load(model, tokenizer, trust_remote_code: bool):
+def _load(model, tokenizer, trust_remote_code: bool, dtype: str):
     import torch
 
     from ifguide.models import load_model, load_tokenizer
@@ -159,7 +164,7 @@ def _load(model, tokenizer, trust_remote_code: bool):
         tokenizer = model
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     device = "cuda" if torch.cuda.is_available() else None
-    lm = load_model(model, trust_remote_code=trust_remote_code, device=device)
+    lm = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     return lm, tok
 
 
@@ -175,7 +180,10 @@ def _make_rad(config: EvalConfig, tokenizer):
         return None
     from ifguide.baselines.rad import RewardAugmentedLogits
 
-    scorer = get_scorer(config.rad_scorer or config.scorer, label=config.scorer_label)
+    if config.rad_scorer is None:
+        scorer = get_scorer(config.scorer, **config.scorer_options)
+    else:
+        scorer = get_scorer(config.rad_scorer, **(config.rad_scorer_options or {}))
     return RewardAugmentedLogits(tokenizer, scorer, k=config.rad_k, beta=config.rad_beta)
 
 
@@ -263,17 +271,19 @@ def evaluate(
     *,
     tokenizer=None,
     trust_remote_code: bool = False,
+    dtype: str = "float32",
 ) -> dict:
     """Evaluate ``model`` (hub id, directory or object) on a prompt file; write ``out``; return results.
 
-    ``tokenizer`` defaults to the model's directory/id (it is required for a model object).
+    ``tokenizer`` defaults to the model's directory/id (it is required for a model object);
+    ``dtype`` applies when the model is loaded here. Runs on CUDA when available.
     See the module docstring for what ``out`` holds.
     """
     config = config or EvalConfig()
     prompt_list = load_prompts(prompts, config.max_prompts)
     check_inputs(config)
-    scorer = get_scorer(config.scorer, label=config.scorer_label)
-    lm, tok = _load(model, tokenizer, trust_remote_code)
+    scorer = get_scorer(config.scorer, **config.scorer_options)
+    lm, tok = _load(model, tokenizer, trust_remote_code, dtype)
     from ifguide.models import fingerprint_tokenizer
 
     results: dict = {

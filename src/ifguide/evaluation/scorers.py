@@ -26,6 +26,7 @@ present and always first. Scorers batch their inputs and are loaded once per pro
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -91,7 +92,11 @@ def known_scorers() -> dict[str, str]:
 
 
 def get_scorer(spec: str | Scorer, **options) -> Scorer:
-    """The scorer for ``spec`` (``FAMILY[:ARG]``), loaded once per process and option set."""
+    """The scorer for ``spec`` (``FAMILY[:ARG]``), loaded once per process and option set.
+
+    ``options`` are the family's keyword options (``label`` for ``hf``, ``checkpoint``/``base``
+    for ``detoxify``, ``wordlist`` for ``wordlist``); ``None`` values are ignored.
+    """
     if isinstance(spec, Scorer):
         return spec
     family, _, arg = str(spec).partition(":")
@@ -104,6 +109,12 @@ def get_scorer(spec: str | Scorer, **options) -> Scorer:
     if not entry.needs_arg and arg:
         raise InputError(f"--scorer: {family} takes no argument, got {spec!r}")
     options = {k: v for k, v in options.items() if v is not None}
+    accepted = [n for n in inspect.signature(entry.factory).parameters if n != "arg"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"--scorer {spec}: unknown option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted) or 'none'}"
+        )
     key = (family, arg, tuple(sorted(options.items())))
     if key not in _CACHE:
         _CACHE[key] = entry.factory(arg or None, **options)
