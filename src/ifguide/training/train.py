@@ -161,12 +161,16 @@ def train(
     run_key = fingerprint_json(
         {"config": dataclasses.asdict(config), "blocks": blocks.fingerprint, "mask": mask_info, "model": start_fingerprint}
     )
-    _prepare_work_dir(work, run_key, resume)
+    args = _training_arguments(config, work)  # under torchrun/accelerate this joins the process group
+    # One process per node resets the work directory; the others would race it (rmtree vs mkdir).
+    with args.main_process_first(local=True, desc="preparing the work directory"):
+        if args.local_process_index == 0:
+            _prepare_work_dir(work, run_key, resume)
 
     dataset = BlockDataset(blocks.input_ids, mask_arr, rows=config.rows)
     trainer = SuppressionTrainer(
         model=model,
-        args=_training_arguments(config, work),
+        args=args,
         train_dataset=dataset,
         lam=config.lam,
         penalty=config.penalty,
@@ -183,6 +187,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()  # only rank 0 writes; return once the artifact exists
         return out
     log_path.touch()
 
@@ -211,6 +216,7 @@ def train(
         )
     shutil.rmtree(work, ignore_errors=True)
     logger.info("trained %d steps in %.1f s -> %s", trainer.state.global_step, seconds, out)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 

@@ -99,12 +99,13 @@ class SuppressionLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
             return
-        s = self.trainer.loss_stats
+        s = self._global_loss_stats()
         record = {
             "step": state.global_step,
             "epoch": logs.get("epoch"),
             "loss": logs.get("loss"),
             "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),  # after the all-reduce, before clipping
             "benign_ce": s["benign_ce_sum"] / s["n_benign"] if s["n_benign"] else None,
             "toxic_ce": s["toxic_ce_sum"] / s["n_toxic"] if s["n_toxic"] else None,
             "n_toxic_targets": s["n_toxic"],
@@ -115,3 +116,18 @@ class SuppressionLogCallback(TrainerCallback):
         if state.is_world_process_zero:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}) + "\n")
+
+    def _global_loss_stats(self) -> dict:
+        """The loss statistics summed over all data-parallel processes (each only sees its shard of a batch).
+
+        ``on_log`` runs on every rank at the same step (``Trainer`` gathers the loss just before),
+        so this collective cannot deadlock.
+        """
+        stats = self.trainer.loss_stats
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return stats
+        keys = sorted(stats)
+        local = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+        summed = accelerator.reduce(local, reduction="sum").tolist()
+        return {k: (round(v) if k.startswith("n_") else v) for k, v in zip(keys, summed)}
