@@ -161,3 +161,32 @@ def test_build_all_writes_disjoint_files_that_ifguide_reads(data_root, tmp_path,
     _jsonl(unbalanced, [_rtp(998, 0.9, 0.1)])
     with pytest.raises(InputError, match="balanced"):
         rd.build_all(data_root, tmp_path / "built3", spec, eval_prompts=unbalanced)
+
+
+def test_same_alignment_derived_from_next_matches_the_attribution_code():
+    """realistic.same_from_next(next) equals what ifguide.attribution stores with alignment='same'."""
+    import numpy as np
+    import realistic
+
+    from ifguide.attribution.scores import to_target_coordinates
+
+    positions = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    positions[:, -1] = 0.0  # the last position has no target, hence no gradient (see same_from_next)
+    derived = realistic.same_from_next(to_target_coordinates(positions, "next"))
+    np.testing.assert_array_equal(derived, to_target_coordinates(positions, "same"))
+
+
+def test_selection_quality_on_scores_that_follow_the_labels():
+    import numpy as np
+    import realistic
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((200, 32), dtype=bool)
+    labels[:20] = True  # 10 % of the rows are toxic documents
+    scores = rng.standard_normal(labels.shape).astype(np.float32) + 3.0 * labels
+    scores[:, 0] = np.nan
+    q = realistic.selection_quality(scores, labels, threshold=0.9, window=0, budget=0.02)
+    assert q["selected"] == int(0.02 * 200 * 31)
+    assert q["share_in_toxic"] > 0.95 and q["token_auroc"] > 0.95 and q["row_auroc"] == 1.0
+    flipped = realistic.selection_quality(-scores, labels, threshold=0.9, window=0, budget=0.02)
+    assert flipped["share_in_toxic"] < 0.05 and flipped["token_auroc"] < 0.05
