@@ -84,6 +84,7 @@ def _register_train(sub) -> None:
     add_model_args(p)
     p.add_argument("--blocks", required=True, help="blocks directory from `ifguide prepare`")
     p.add_argument("--mask", help="mask directory (or its mask.npy) from `ifguide select`")
+    p.add_argument("--rows", help="rows directory from `ifguide filter`: train on these blocks only")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints of an interrupted run")
     for f in dataclasses.fields(TrainConfig):
@@ -103,6 +104,10 @@ def _register_train(sub) -> None:
         from ifguide.training.train import train
 
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "rows"})
+        if args.rows:
+            from ifguide.baselines.filtering import read_rows
+
+            config.rows = [int(r) for r in read_rows(args.rows, args.blocks)]
         train(args.model, args.blocks, args.out, mask=args.mask, config=config,
               trust_remote_code=args.trust_remote_code, resume=not args.no_resume)
 

@@ -89,11 +89,20 @@ class AttributionSection:
     queries_safe: str | None = _h("safe query set; null: take safe queries from queries_toxic by label/toxicity", None)
     strategy: str = _h("Hessian approximation: ekfac, kfac, diagonal, identity", "ekfac")
     max_blocks: int | None = _h("blocks used to fit the factors (null: all)", None)
-    score_blocks: int | None = _h("score only the first N blocks (null: all); unscored blocks are NaN", None)
     batch_size: int = _h("blocks per batch in factor fitting and scoring", 8)
     alignment: str = _h("score position → target: 'next' (t → t+1) or 'same' (t → t, the reference code)", "next")
     modules: str | None = _h("regex of modules to track (null: every Linear in the transformer blocks)", None)
     proxy: ModelConfig | None = _h("a smaller model to compute scores with (shares the tokenizer)", None)
+    ablations: list[str] = _h(
+        "score variants ('toxic-only', 'document') whose selections are checked against the corpus's ground-truth "
+        "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
+
+    def __post_init__(self):
+        if self.alignment not in ("next", "same"):
+            raise InputError(f"config attribution.alignment: expected 'next' or 'same', got {self.alignment!r}")
+        bad = [a for a in self.ablations if a not in ("toxic-only", "document")]
+        if bad:
+            raise InputError(f"config attribution.ablations: unknown {bad}; known: toxic-only, document")
 
 
 @dataclass
@@ -113,7 +122,7 @@ class EvaluationSection:
     seeds: list[int] = _h("sampling seeds; metrics are mean ± sd over them", [1, 2, 3])
     scorer: str = _h("toxicity scorer name (see `ifguide evaluate --help`)", "profanity-check")
     max_prompts: int | None = _h("use the first N prompts only", None)
-    batch_size: int = _h("prompts per generation batch", 16)
+    batch_size: int = _h("sequences per generate call (prompts × samples are batched together)", 200)
     lambada: str | None = _h("LAMBADA jsonl for accuracy", None)
     lm_eval_tasks: list[str] = _h("lm-evaluation-harness tasks", [])
     rad_k: int = _h("RAD: candidates re-scored per step", 20)

@@ -59,6 +59,8 @@ class TrainConfig:
     rows: list[int] | None = _help("train on these block rows only (baselines that drop documents)", None)
 
     def __post_init__(self) -> None:
+        if self.rows is not None:
+            self.rows = [int(r) for r in self.rows]  # plain ints: JSON-serialisable and exactly fingerprinted
         if self.lam < 0:
             raise InputError(f"--lam: λ must be ≥ 0, got {self.lam}")
         if self.penalty not in PENALTIES:
@@ -74,6 +76,14 @@ class TrainConfig:
             raise InputError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.max_toxic_ce is not None and self.max_toxic_ce <= 0:
             raise InputError(f"--max-toxic-ce: must be > 0, got {self.max_toxic_ce}")
+
+
+def config_record(config: TrainConfig) -> dict:
+    """The configuration as recorded in meta.json: the row list is summarised by its fingerprint."""
+    record = dataclasses.asdict(config)
+    if config.rows is not None:
+        record["rows"] = {"n_rows": len(config.rows), "fingerprint": fingerprint_json(config.rows)}
+    return record
 
 
 def _training_arguments(config: TrainConfig, work: Path):
@@ -159,12 +169,13 @@ def train(
     out = Path(out)
     work = out.parent / f"{out.name}.partial"
     run_key = fingerprint_json(
-        {"config": dataclasses.asdict(config), "blocks": blocks.fingerprint, "mask": mask_info, "model": start_fingerprint}
+        {"config": config_record(config), "blocks": blocks.fingerprint, "mask": mask_info, "model": start_fingerprint}
     )
     args = _training_arguments(config, work)  # under torchrun/accelerate this joins the process group
-    # One process per node resets the work directory; the others would race it (rmtree vs mkdir).
-    with args.main_process_first(local=True, desc="preparing the work directory"):
-        if args.local_process_index == 0:
+    # Rank 0 alone resets the work directory (the others would race it: rmtree vs mkdir). Checkpoints
+    # are written by rank 0 and read by all ranks to resume, so multi-node runs need a shared filesystem.
+    with args.main_process_first(local=False, desc="preparing the work directory"):
+        if args.process_index == 0:
             _prepare_work_dir(work, run_key, resume)
 
     dataset = BlockDataset(blocks.input_ids, mask_arr, rows=config.rows)
@@ -202,7 +213,7 @@ def train(
         write_meta(
             tmp,
             "model",
-            args={**dataclasses.asdict(config), "model": model_source},
+            args={**config_record(config), "model": model_source},
             fingerprint=fingerprint_model(trainer.model),
             init_fingerprint=start_fingerprint,
             blocks_fingerprint=blocks.fingerprint,

@@ -1,0 +1,61 @@
+"""``ifguide demo``: the whole pipeline on the built-in demo world, on CPU, with no download.
+
+The demo world (:mod:`ifguide.data.demo_world`) plants profane insults, recognised by the
+default scorer, after some dialogue contexts of an otherwise benign corpus, and records where
+(``toxic_spans``). So besides toxicity and perplexity the demo can report how precisely the
+influence scores found the planted tokens, for IF-Guide and for its ablations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ifguide.pipeline.config import PipelineConfig, config_from_dict
+
+logger = logging.getLogger("ifguide.pipeline")
+
+# Sized so that `ifguide demo` finishes in well under 10 minutes on 2 CPU cores.
+DEMO_WORLD = {"n_docs": 3000, "toxic_token_rate": 0.015, "n_eval_prompts": 40, "n_queries": 32}
+
+
+def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> PipelineConfig:
+    """The pipeline configuration of the demo for a written world."""
+    return config_from_dict({
+        "out": str(out),
+        "setting": "pretrain",
+        "seed": 0,
+        "methods": ["base", "ifguide", "random"],
+        "data": {"corpus": [str(world.corpus)], "heldout": str(world.heldout), "block_size": 128},
+        "tokenizer": {"vocab_size": 2048},
+        "model": {"arch": "gpt-neox", "preset": "tiny"},
+        "train": {"epochs": 1.0 if quick else 2.0, "lr": 3e-3, "batch_size": 16, "logging_steps": 10},
+        "attribution": {"queries_toxic": str(world.queries_toxic), "queries_safe": str(world.queries_safe),
+                        "strategy": "ekfac", "max_blocks": 512, "batch_size": 16,
+                        "ablations": ["toxic-only", "document"]},
+        "selection": {"threshold": 0.99, "window": 1, "budget": 0.02, "lam": 1.0},
+        "evaluation": {"prompts": str(world.eval_prompts), "samples": 25, "max_new_tokens": 20, "top_p": 0.9,
+                       "seeds": [1, 2] if quick else [1, 2, 3], "batch_size": 250},
+        "dpo": {"pairs": str(world.prefs)},
+    })
+
+
+def run_demo(out: str | os.PathLike = "ifguide-demo", *, seed: int = 0, quick: bool = False, force: bool = False) -> dict:
+    """Write the demo world under ``OUT/world`` (once) and run the pipeline in ``OUT``."""
+    from ifguide.data.demo_world import DemoWorld, write_demo_world
+    from ifguide.pipeline.run import run_pipeline
+
+    out = Path(out)
+    world_dir = out / "world"
+    params = {**DEMO_WORLD, "seed": seed}
+    if quick:
+        params.update(n_docs=1200, n_eval_prompts=20)
+    world = None
+    if (world_dir / "world.json").is_file():
+        world = DemoWorld.open(world_dir)
+        if any(world.stats.get("config", {}).get(k) != v for k, v in params.items()):
+            world = None
+    if world is None:
+        world = write_demo_world(world_dir, **params)
+    return run_pipeline(demo_config(world, out, quick=quick), out, force=force)

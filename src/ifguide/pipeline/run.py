@@ -1,0 +1,408 @@
+"""``ifguide run``: corpus → detoxified model(s) → evaluation → comparison → report.
+
+Stages (each a directory under the run directory, see :mod:`ifguide.pipeline.stages`)::
+
+    tokenizer/  blocks/  heldout/  init/  models/base/
+    factors/  scores/{differential,toxic-only,document}/  masks/{ifguide,random,oracle,...}/
+    models/{ifguide,random,...}/  eval/{base,ifguide,...}/  compare/  report.html  summary.json
+
+Every method shares the tokenizer, blocks, base model, seed (hence data order), budget and
+evaluation. In the ``pretrain`` setting each masked method trains from the same initialisation
+for as many steps as the base model; in ``finetune`` it continues the base model for
+``finetune.fraction`` of the base model's steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ifguide.artifacts import fingerprint_json, read_meta, sha256_file, write_json
+from ifguide.errors import InputError
+from ifguide.pipeline.config import PipelineConfig
+from ifguide.pipeline.stages import StageRunner, artifact_fingerprint
+
+logger = logging.getLogger("ifguide.pipeline")
+
+# Which scores and mask each masked method trains with, and how.
+MASKED_METHODS = {
+    "ifguide": {"mask": "ifguide"},
+    "random": {"mask": "random"},
+    "oracle": {"mask": "oracle"},
+    "toxic-only": {"mask": "toxic-only"},
+    "document": {"mask": "document"},
+    "unlikelihood": {"mask": "ifguide", "penalty": "unlikelihood"},
+    "remove": {"mask": "ifguide", "lam": 0.0},
+    "proxy": {"mask": "proxy"},
+}
+SCORE_VARIANTS = {"ifguide": "differential", "toxic-only": "toxic-only", "document": "document", "random": "differential",
+                  "oracle": "differential", "filter-influence": "differential"}
+RAD_METHODS = {"rad": "base", "ifguide+rad": "ifguide"}
+
+
+def _file_key(path: str | None) -> Any:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        return sorted((str(f.relative_to(p)), sha256_file(f)) for f in p.rglob("*") if f.is_file())
+    return str(path)  # a hub name
+
+
+@dataclass
+class Run:
+    """State shared by the stages of one pipeline run."""
+
+    cfg: PipelineConfig
+    stages: StageRunner
+
+    @property
+    def root(self) -> Path:
+        return self.stages.root
+
+    # ------------------------------------------------------------------ data and base model
+    def tokenizer(self) -> str:
+        cfg = self.cfg
+        if cfg.tokenizer.path:
+            return cfg.tokenizer.path
+        if cfg.model.path:
+            return cfg.model.path
+
+        def build(out: Path) -> None:
+            from ifguide.data.tokenizer import train_tokenizer
+
+            train_tokenizer(cfg.data.corpus, cfg.tokenizer.vocab_size, out, line_docs=cfg.data.line_docs)
+
+        key = {"corpus": [_file_key(p) for p in cfg.data.corpus], "vocab": cfg.tokenizer.vocab_size, "line_docs": cfg.data.line_docs}
+        return str(self.stages.run("tokenizer", key, build))
+
+    def tokenizer_fp(self, tok: str) -> str:
+        from ifguide.models import fingerprint_tokenizer, load_tokenizer
+
+        return fingerprint_tokenizer(load_tokenizer(tok))
+
+    def blocks(self, tok: str, name: str = "blocks", data: list[str] | None = None) -> str:
+        cfg = self.cfg
+        data = data or cfg.data.corpus
+
+        def build(out: Path) -> None:
+            from ifguide.data.prepare import prepare_blocks
+
+            prepare_blocks(data, tok, cfg.data.block_size, out, line_docs=cfg.data.line_docs)
+
+        key = {"data": [_file_key(p) for p in data], "tokenizer": self.tokenizer_fp(tok), "block_size": cfg.data.block_size}
+        return str(self.stages.run(name, key, build))
+
+    def start_model(self, tok: str, model_cfg=None, name: str = "init") -> str:
+        model_cfg = model_cfg or self.cfg.model
+        if model_cfg.path:
+            return model_cfg.path
+
+        def build(out: Path) -> None:
+            from ifguide.models import init_model
+
+            init_model(model_cfg.arch, model_cfg.preset, tok, out, seed=model_cfg.init_seed)
+
+        key = {"arch": model_cfg.arch, "preset": model_cfg.preset, "seed": model_cfg.init_seed, "tokenizer": self.tokenizer_fp(tok)}
+        return str(self.stages.run(name, key, build))
+
+    def base_train_config(self, **overrides):
+        from ifguide.training.train import TrainConfig
+
+        t = self.cfg.train
+        kw = dict(epochs=t.epochs, max_steps=t.max_steps, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                  weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, logging_steps=t.logging_steps,
+                  seed=self.cfg.seed, lam=self.cfg.selection.lam)
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+    def train_stage(self, name: str, start: str, blocks: str, config, mask: str | None = None) -> str:
+        def build(out: Path) -> None:
+            from ifguide.training.train import train
+
+            train(start, blocks, out, mask=mask, config=config)
+
+        from ifguide.training.train import config_record
+
+        key = {"start": _model_key(start), "blocks": artifact_fingerprint(blocks), "config": config_record(config),
+               "mask": artifact_fingerprint(mask) if mask else None}
+        return str(self.stages.run(name, key, build))
+
+    def base_model(self, tok: str, blocks: str) -> str:
+        cfg = self.cfg
+        start = self.start_model(tok)
+        if cfg.setting == "finetune" and cfg.model.path:
+            return cfg.model.path  # a pre-trained model is the base as it is
+        return self.train_stage("models/base", start, blocks, self.base_train_config())
+
+    def method_train_config(self, base: str, **overrides):
+        """Training configuration of a method: the base's (pretrain) or a short continuation (finetune)."""
+        cfg = self.cfg
+        if cfg.setting == "pretrain":
+            return self.base_train_config(**overrides)
+        base_steps = read_meta(base).get("steps") if (Path(base) / "meta.json").is_file() else None
+        if not base_steps:
+            raise InputError("setting finetune: the base model has no recorded step count; set train.max_steps")
+        steps = max(1, round(cfg.finetune.fraction * base_steps))
+        return self.base_train_config(max_steps=steps, lr=cfg.finetune.lr, **overrides)
+
+    # ------------------------------------------------------------------ attribution and masks
+    def factors(self, model: str, blocks: str, name: str = "factors") -> str:
+        a = self.cfg.attribution
+
+        def build(out: Path) -> None:
+            from ifguide.attribution.factors import FactorConfig, fit_factors
+
+            fit_factors(model, blocks, out, FactorConfig(strategy=a.strategy, max_blocks=a.max_blocks,
+                                                         batch_size=a.batch_size, modules=a.modules))
+
+        key = {"model": _model_key(model), "blocks": artifact_fingerprint(blocks), "strategy": a.strategy,
+               "max_blocks": a.max_blocks, "modules": a.modules}
+        return str(self.stages.run(name, key, build))
+
+    def scores(self, variant: str, model: str, blocks: str, factors: str, name: str | None = None) -> str:
+        a = self.cfg.attribution
+        mode = "toxic-only" if variant == "toxic-only" else "differential"
+        granularity = "document" if variant == "document" else "token"
+
+        def build(out: Path) -> None:
+            from ifguide.attribution.scores import ScoreConfig, compute_scores
+
+            compute_scores(model, blocks, a.queries_toxic, factors, out,
+                           ScoreConfig(mode=mode, granularity=granularity, alignment=a.alignment, batch_size=a.batch_size),
+                           queries_safe=a.queries_safe)
+
+        key = {"factors": artifact_fingerprint(factors), "blocks": artifact_fingerprint(blocks), "model": _model_key(model),
+               "queries": [_file_key(a.queries_toxic), _file_key(a.queries_safe)], "mode": mode,
+               "granularity": granularity, "alignment": a.alignment}
+        return str(self.stages.run(name or f"scores/{variant}", key, build))
+
+    def select(self, name: str, scores: str) -> str:
+        s = self.cfg.selection
+
+        def build(out: Path) -> None:
+            from ifguide.selection.masks import select_to_artifact
+
+            select_to_artifact(scores, out, threshold=s.threshold, window=s.window, budget=s.budget)
+
+        key = {"scores": artifact_fingerprint(scores), "threshold": s.threshold, "window": s.window, "budget": s.budget}
+        return str(self.stages.run(f"masks/{name}", key, build))
+
+    def control_mask(self, kind: str, like: str, blocks: str, scores: str) -> str:
+        def build(out: Path) -> None:
+            from ifguide.selection.masks import oracle_mask_artifact, random_mask_artifact
+
+            if kind == "random":
+                random_mask_artifact(like, out, seed=self.cfg.seed, window=self.cfg.selection.window, scores=scores)
+            else:
+                oracle_mask_artifact(like, blocks, out, seed=self.cfg.seed)
+
+        key = {"like": artifact_fingerprint(like), "blocks": artifact_fingerprint(blocks), "seed": self.cfg.seed, "kind": kind}
+        return str(self.stages.run(f"masks/{kind}", key, build))
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_config(self, decoding: str = "plain", heldout: str | None = None):
+        from ifguide.evaluation.evaluate import EvalConfig
+
+        e = self.cfg.evaluation
+        return EvalConfig(scorer=e.scorer, samples=e.samples, max_new_tokens=e.max_new_tokens, top_p=e.top_p,
+                          seeds=tuple(e.seeds), max_prompts=e.max_prompts, decoding=decoding, rad_k=e.rad_k,
+                          rad_beta=e.rad_beta, ppl_data=heldout, lambada=e.lambada,
+                          lm_eval_tasks=tuple(e.lm_eval_tasks), batch_size=e.batch_size)
+
+    def evaluate(self, name: str, model: str, decoding: str, heldout: str | None) -> str:
+        config = self.eval_config(decoding, heldout)
+
+        def build(out: Path) -> None:
+            from ifguide.evaluation.evaluate import evaluate
+
+            evaluate(model, self.cfg.evaluation.prompts, out, config)
+
+        key = {"model": _model_key(model), "prompts": _file_key(self.cfg.evaluation.prompts), "config": dataclasses.asdict(config),
+               "heldout": artifact_fingerprint(heldout) if heldout and (Path(heldout) / "meta.json").is_file() else _file_key(heldout)}
+        return str(self.stages.run(f"eval/{name}", key, build))
+
+
+def _model_key(model: str) -> Any:
+    p = Path(model)
+    if (p / "meta.json").is_file():
+        return artifact_fingerprint(p)
+    return _file_key(model)
+
+
+def attribution_quality(mask_dir: str, blocks_dir: str, window: int, scores_dir: str | None = None) -> dict | None:
+    """Precision/recall of a selection against the corpus's ground-truth toxic tokens.
+
+    A selected token counts as correct when it is planted toxicity or within ``window`` tokens of
+    it (the selection adds a ±window context by design). Recall is the share of planted targets
+    (column ≥ 1) that were selected. With scores, also the token-level AUROC of the scores.
+    """
+    from ifguide.data.blocks import Blocks
+    from ifguide.selection.algorithm import dilate_rows
+    from ifguide.selection.masks import read_mask
+
+    blocks = Blocks.open(blocks_dir)
+    if blocks.toxic_labels is None:
+        return None
+    planted = np.asarray(blocks.toxic_labels, dtype=bool).copy()
+    planted[:, 0] = False
+    mask = np.asarray(read_mask(mask_dir)[0], dtype=bool)
+    near = dilate_rows(planted, window)
+    n_sel = int(mask.sum())
+    out = {
+        "precision": float((mask & near).sum() / n_sel) if n_sel else None,
+        "recall": float((mask & planted).sum() / planted.sum()) if planted.sum() else None,
+        "strict_precision": float((mask & planted).sum() / n_sel) if n_sel else None,
+        "n_selected": n_sel,
+        "n_planted": int(planted.sum()),
+    }
+    if scores_dir is not None:
+        from sklearn.metrics import roc_auc_score
+
+        scores = np.load(Path(scores_dir) / "scores.npy", mmap_mode="r")
+        finite = np.isfinite(scores)
+        if planted[finite].any() and (~planted[finite]).any():
+            out["token_auroc"] = float(roc_auc_score(planted[finite], np.asarray(scores)[finite]))
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, force: bool = False) -> dict:
+    """Run every stage the configured methods need; return the summary (also ``OUT/summary.json``)."""
+    out = Path(out or cfg.out or "runs/ifguide")
+    t_start = time.perf_counter()
+    run = Run(cfg, StageRunner(out, force=force))
+    methods = list(dict.fromkeys(cfg.methods))
+    tok = run.tokenizer()
+    blocks = run.blocks(tok)
+    heldout = run.blocks(tok, "heldout", [cfg.data.heldout]) if cfg.data.heldout else None
+    base = run.base_model(tok, blocks)
+    start = run.start_model(tok)
+
+    models: dict[str, str] = {"base": base}
+    masks: dict[str, str] = {}
+    scores: dict[str, str] = {}
+    needs_scores = {SCORE_VARIANTS[m] for m in methods if m in SCORE_VARIANTS} | set(cfg.attribution.ablations) | (
+        {"differential"} if set(methods) & {"unlikelihood", "remove", "ifguide+rad", "filter-scorer"} else set()
+    )
+    if needs_scores - {"differential"}:
+        needs_scores.add("differential")
+    if needs_scores:
+        factors = run.factors(base, blocks)
+        for variant in sorted(needs_scores):
+            scores[variant] = run.scores(variant, base, blocks, factors)
+        if "differential" in scores:
+            masks["ifguide"] = run.select("ifguide", scores["differential"])
+        for variant in ("toxic-only", "document"):
+            if variant in scores:
+                masks[variant] = run.select(variant, scores[variant])
+        for kind in ("random", "oracle"):
+            if kind in methods:
+                masks[kind] = run.control_mask(kind, masks["ifguide"], blocks, scores["differential"])
+    if "proxy" in methods:
+        masks["proxy"], scores["proxy"] = _proxy_mask(run, tok, blocks)
+
+    train_start = start if cfg.setting == "pretrain" else base
+    for m in methods:
+        if m in MASKED_METHODS:
+            spec = MASKED_METHODS[m]
+            overrides = {k: v for k, v in spec.items() if k in ("lam", "penalty")}
+            config = run.method_train_config(base, **overrides)
+            models[m] = run.train_stage(f"models/{m}", train_start, blocks, config, mask=masks[spec["mask"]])
+        elif m in ("filter-scorer", "filter-influence"):
+            models[m] = _filtered_model(run, m, train_start, base, blocks, tok, masks["ifguide"], scores.get("differential"))
+        elif m == "dpo":
+            models[m] = _dpo_model(run, base)
+
+    evals: dict[str, str] = {}
+    for m in methods:
+        if m in RAD_METHODS:
+            evals[m] = run.evaluate(m, models[RAD_METHODS[m]], "rad", heldout)
+        else:
+            evals[m] = run.evaluate(m, models[m], "plain", heldout)
+
+    from ifguide.pipeline.report import write_report, write_summary
+
+    quality = {}
+    if cfg.demo_labels:
+        for m in methods:
+            spec = MASKED_METHODS.get(m)
+            if spec and spec["mask"] in masks:
+                variant = {"ifguide": "differential", "toxic-only": "toxic-only", "document": "document"}.get(spec["mask"])
+                quality[m] = attribution_quality(masks[spec["mask"]], blocks, cfg.selection.window,
+                                                 scores.get(variant) if variant else None)
+        for variant in cfg.attribution.ablations:
+            if variant not in quality:
+                quality[variant] = attribution_quality(masks[variant], blocks, cfg.selection.window,
+                                                       scores.get(variant))
+    summary = write_summary(run, methods, evals, models, masks, quality, time.perf_counter() - t_start)
+    write_report(run, summary, methods, evals, models, masks, scores, blocks, tok)
+    return summary
+
+
+def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
+    """Scores from a smaller proxy model (trained like the base) guide the target model."""
+    proxy_cfg = run.cfg.attribution.proxy
+    start = run.start_model(tok, proxy_cfg, name="proxy/init")
+    proxy = run.train_stage("proxy/model", start, blocks, run.base_train_config()) if not proxy_cfg.path else proxy_cfg.path
+    factors = run.factors(proxy, blocks, name="proxy/factors")
+    scores = run.scores("differential", proxy, blocks, factors, name="proxy/scores")
+    return run.select("proxy", scores), scores
+
+
+def _filtered_model(run: Run, method: str, start: str, base: str, blocks: str, tok: str, like_mask: str, scores: str | None) -> str:
+    """Train on the corpus minus documents a filter drops, at IF-Guide's token budget."""
+    try:
+        from ifguide.baselines import filtering
+    except ImportError as e:  # pragma: no cover - depends on the optional module being present
+        raise InputError(f"method {method}: the filtering baselines are unavailable ({e})") from None
+    from ifguide.data.blocks import Blocks
+    from ifguide.models import load_tokenizer
+    from ifguide.selection.masks import read_mask
+
+    budget = int(np.count_nonzero(read_mask(like_mask)[0]))
+    b = Blocks.open(blocks)
+    key = {"blocks": b.fingerprint, "budget": budget, "method": method, "scores": artifact_fingerprint(scores) if scores else None,
+           "scorer": run.cfg.evaluation.scorer}
+    rows_file = run.root / "rows" / f"{method}-{fingerprint_json(key)[:12]}.npy"
+    if not rows_file.is_file():
+        if method == "filter-scorer":
+            from ifguide.evaluation.scorers import get_scorer
+
+            rows, info = filtering.rows_without_flagged_documents(b, get_scorer(run.cfg.evaluation.scorer), budget,
+                                                                  tokenizer=load_tokenizer(tok))
+        else:
+            rows, info = filtering.rows_without_top_influence_documents(scores, budget, blocks=b)
+        rows_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = rows_file.parent / f".{rows_file.name}.tmp.npy"
+        np.save(tmp, np.asarray(rows, dtype=np.int64))
+        os.replace(tmp, rows_file)
+        write_json(rows_file.with_suffix(".json"), info)
+    rows = np.load(rows_file).tolist()
+    config = run.method_train_config(base, rows=rows)
+    return run.train_stage(f"models/{method}", start, blocks, config)
+
+
+def _dpo_model(run: Run, base: str) -> str:
+    try:
+        from ifguide.baselines.dpo import DPOConfig, pairs_from_queries, read_pairs, train_dpo
+    except ImportError as e:  # pragma: no cover
+        raise InputError(f"method dpo: the DPO baseline is unavailable ({e})") from None
+    d, a = run.cfg.dpo, run.cfg.attribution
+    config = DPOConfig(beta=d.beta, steps=d.steps, lr=d.lr, batch_size=d.batch_size, seed=run.cfg.seed)
+
+    def build(out: Path) -> None:
+        pairs = read_pairs(d.pairs) if d.pairs else pairs_from_queries(a.queries_toxic, a.queries_safe)
+        train_dpo(base, out, pairs=pairs, config=config)
+
+    key = {"base": _model_key(base), "pairs": _file_key(d.pairs) if d.pairs else [_file_key(a.queries_toxic), _file_key(a.queries_safe)],
+           "config": dataclasses.asdict(config)}
+    return str(run.stages.run("models/dpo", key, build))
