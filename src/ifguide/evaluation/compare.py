@@ -85,7 +85,14 @@ def _num(x, digits: int = 2) -> str:
 
 @dataclass
 class ComparisonTable:
-    """Rows of the comparison (dicts); render with :meth:`to_markdown`, :meth:`to_csv`, :meth:`plot`."""
+    """Rows of the comparison; render with :meth:`to_markdown`, :meth:`to_csv`, :meth:`plot`.
+
+    Each row: ``method``, ``path``; ``emt_full``, ``tp_full``, ``emt_toxic``, ``tp_toxic`` (each
+    ``{"mean", "sd", "ci95"}`` from results.json); ``ppl``; ``acc`` (the eval's ``acc_mean``);
+    ``emt_full_reduction`` / ``tp_full_reduction`` (baseline / method, None when undefined); and
+    for each reference row other than itself ``vs_<name>``: ``{"emt_full": {"diff", "ci95",
+    "significant"}, ...}`` from the paired bootstrap (None for an empty subset).
+    """
 
     rows: list[dict]
     baseline: str
