@@ -94,15 +94,20 @@ def make_analyzer(model: torch.nn.Module, task, work: Path):
     from kronfluence.analyzer import Analyzer, prepare_model
 
     model = prepare_model(model, task)
-    return Analyzer(
-        analysis_name=ANALYSIS_NAME,
-        model=model,
-        task=task,
-        cpu=not torch.cuda.is_available(),
-        output_dir=str(work),
-        disable_tqdm=not logger.isEnabledFor(logging.INFO),
-        log_level=logging.WARNING,
-    )
+    # kronfluence sets the *root* logger's level to its log_level; keep the user's logging as it was.
+    root_level = logging.getLogger().level
+    try:
+        return Analyzer(
+            analysis_name=ANALYSIS_NAME,
+            model=model,
+            task=task,
+            cpu=not torch.cuda.is_available(),
+            output_dir=str(work),
+            disable_tqdm=not logger.isEnabledFor(logging.INFO),
+            log_level=logging.WARNING,
+        )
+    finally:
+        logging.getLogger().setLevel(root_level)
 
 
 def open_work_dir(out: Path, request: dict) -> Path:
