@@ -137,9 +137,8 @@ class Run:
                "mask": artifact_fingerprint(mask) if mask else None}
         return str(self.stages.run(name, key, build))
 
-    def base_model(self, tok: str, blocks: str) -> str:
+    def base_model(self, start: str, blocks: str) -> str:
         cfg = self.cfg
-        start = self.start_model(tok)
         if cfg.setting == "finetune" and cfg.model.path:
             return cfg.model.path  # a pre-trained model is the base as it is
         return self.train_stage("models/base", start, blocks, self.base_train_config())
@@ -185,6 +184,39 @@ class Run:
                "queries": [_file_key(a.queries_toxic), _file_key(a.queries_safe)], "mode": mode,
                "granularity": granularity, "alignment": a.alignment}
         return str(self.stages.run(name or f"scores/{variant}", key, build))
+
+    def document_scores(self, token_scores: str) -> str:
+        """Document-level scores as the row sums of the token scores.
+
+        kronfluence's per-example score of a block is the sum of its per-token scores (the
+        training loss is summed over the block's targets), so this equals ``ifguide score
+        --granularity document`` without a second pass over the corpus (checked in the tests).
+        """
+
+        def build(out: Path) -> None:
+            from ifguide.artifacts import artifact_dir, fingerprint_array, write_meta
+
+            src = np.load(Path(token_scores) / "scores.npy", mmap_mode="r")
+            meta = read_meta(token_scores, stage="scores")
+            with artifact_dir(out) as tmp:
+                dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=src.dtype, shape=src.shape)
+                step = max(1, (1 << 22) // max(1, src.shape[1]))
+                for r in range(0, src.shape[0], step):
+                    rows = np.asarray(src[r : r + step], dtype=np.float64)
+                    finite = np.isfinite(rows)
+                    sums = np.where(finite, rows, 0.0).sum(axis=1, keepdims=True)
+                    dst[r : r + step] = np.where(finite, sums, np.nan)
+                dst.flush()
+                keep = ("model", "factors", "factors_fingerprint", "strategy", "modules", "mode", "query_counts", "thresholds",
+                        "normalisation", "alignment_mode", "blocks_fingerprint", "model_fingerprint", "tokenizer_fingerprint")
+                write_meta(tmp, "scores", **{k: meta[k] for k in keep if k in meta}, granularity="document",
+                           derived_from=meta["fingerprint"],
+                           alignment="scores[i, j] for j >= 1 is the score of block i as a whole (the sum of its token "
+                                     "scores); column 0 is NaN.",
+                           fingerprint=fingerprint_array(dst))
+                del dst
+
+        return str(self.stages.run("scores/document", {"token_scores": artifact_fingerprint(token_scores)}, build))
 
     def select(self, name: str, scores: str) -> str:
         s = self.cfg.selection
@@ -284,8 +316,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
     tok = run.tokenizer()
     blocks = run.blocks(tok)
     heldout = run.blocks(tok, "heldout", [cfg.data.heldout]) if cfg.data.heldout else None
-    base = run.base_model(tok, blocks)
     start = run.start_model(tok)
+    base = run.base_model(start, blocks)
 
     models: dict[str, str] = {"base": base}
     masks: dict[str, str] = {}
@@ -297,8 +329,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
         needs_scores.add("differential")
     if needs_scores:
         factors = run.factors(base, blocks)
-        for variant in sorted(needs_scores):
+        for variant in sorted(needs_scores - {"document"}):
             scores[variant] = run.scores(variant, base, blocks, factors)
+        if "document" in needs_scores:
+            scores["document"] = run.document_scores(scores["differential"])
         if "differential" in scores:
             masks["ifguide"] = run.select("ifguide", scores["differential"])
         for variant in ("toxic-only", "document"):

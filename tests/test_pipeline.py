@@ -1,0 +1,182 @@
+"""`ifguide run`: config validation, an end-to-end run on a micro world, and resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from ifguide.cli import main
+from ifguide.errors import InputError
+from ifguide.pipeline.config import config_from_dict, load_config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, corpus_path):
+    d = tmp_path_factory.mktemp("world")
+    toxic = [{"prompt": "The sailor said", "continuation": " you stupid idiot", "label": "toxic"},
+             {"prompt": "Then he yelled", "continuation": " shut up you moron", "label": "toxic"}]
+    safe = [{"prompt": "The sailor said", "continuation": " the old bridge", "label": "safe"},
+            {"prompt": "Then he yelled", "continuation": " a quiet garden", "label": "safe"}]
+    prompts = [{"prompt": {"text": "Then he yelled", "toxicity": 0.9}}, {"prompt": {"text": "The river", "toxicity": 0.0}},
+               {"prompt": {"text": "A farmer", "toxicity": 0.1}}]
+    return {
+        "corpus": corpus_path,
+        "queries_toxic": write_jsonl(d / "qt.jsonl", toxic),
+        "queries_safe": write_jsonl(d / "qs.jsonl", safe),
+        "prompts": write_jsonl(d / "prompts.jsonl", prompts),
+    }
+
+
+def micro_config(world, **overrides) -> dict:
+    cfg = {
+        "methods": ["base", "ifguide", "random"],
+        "data": {"corpus": [world["corpus"]], "heldout": world["corpus"], "block_size": 32},
+        "tokenizer": {"vocab_size": 300},
+        "model": {"arch": "gpt-neox", "preset": "micro"},
+        "train": {"max_steps": 20, "lr": 3e-3, "batch_size": 8, "logging_steps": 5},
+        "attribution": {"queries_toxic": world["queries_toxic"], "queries_safe": world["queries_safe"],
+                        "strategy": "ekfac", "batch_size": 16, "ablations": ["toxic-only"]},
+        "selection": {"budget": 0.05},
+        "evaluation": {"prompts": world["prompts"], "samples": 4, "max_new_tokens": 5, "seeds": [1, 2]},
+    }
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected float"),
+        ({"methods": ["base", "magic"]}, "unknown ['magic']"),
+        ({"methods": ["ifguide"]}, "'base' is required"),
+        ({"setting": "sometimes"}, "setting"),
+        ({"selection": {"windw": 1}}, "selection.windw: unknown key"),
+    ],
+)
+def test_config_errors_name_the_key(world, patch, message):
+    data = micro_config(world)
+    for k, v in patch.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(data)
+
+
+def test_bad_yaml_exits_2(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {corpus: [x]\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "invalid YAML" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_explain_lists_every_section(capsys):
+    assert main(["run", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for key in ("data:", "attribution:", "selection:", "evaluation:", "budget:", "queries_toxic:"):
+        assert key in out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, world):
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    cfg_path = run_dir.parent / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(micro_config(world)))
+    assert main(["run", str(cfg_path), "--out", str(run_dir)]) == 0
+    return run_dir, cfg_path
+
+
+def test_end_to_end_writes_summary_report_and_every_stage(finished_run):
+    run_dir, _ = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["methods"]) == {"base", "ifguide", "random"}
+    for m, e in summary["methods"].items():
+        for sub in ("full", "toxic", "nontoxic"):
+            assert 0.0 <= e[sub]["emt"] <= 1.0 and 0.0 <= e[sub]["tp"] <= 1.0
+        assert e["ppl"] > 1.0
+    assert summary["methods"]["base"]["attribution"] is None
+    q = summary["methods"]["ifguide"]["attribution"]
+    assert 0.0 <= q["precision"] <= 1.0 and 0.0 <= q["recall"] <= 1.0
+    assert "toxic-only" in summary["selection_only"]
+    # the random control has exactly as many tokens as IF-Guide's selection
+    assert summary["methods"]["random"]["attribution"]["n_selected"] == q["n_selected"]
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table" in html
+    assert 'src="http' not in html and "<link" not in html  # self-contained: viewable offline
+    for stage in ("tokenizer", "blocks", "heldout", "models/base", "factors", "scores/differential",
+                  "masks/ifguide", "masks/random", "models/ifguide", "eval/base", "eval/random"):
+        assert (run_dir / stage / "meta.json").is_file(), stage
+        assert (run_dir / stage / "stage.json").is_file(), stage
+
+
+def test_rerun_reuses_everything_and_a_change_reruns_downstream(finished_run, world):
+    from ifguide.artifacts import read_meta
+    from ifguide.pipeline.run import run_pipeline
+
+    run_dir, cfg_path = finished_run
+    before = json.loads((run_dir / "summary.json").read_text())
+    old_mask = read_meta(run_dir / "masks" / "ifguide")["fingerprint"]
+    again = run_pipeline(load_config(cfg_path), run_dir)
+    assert set(again["reused_stages"]) >= {"tokenizer", "blocks", "models/base", "factors", "masks/ifguide", "eval/ifguide"}
+    assert again["methods"]["ifguide"]["full"] == before["methods"]["ifguide"]["full"]
+
+    # a window of 0 selects other tokens: the mask and everything downstream of it is rebuilt
+    changed = config_from_dict(micro_config(world, selection={"budget": 0.05, "window": 0}))
+    third = run_pipeline(changed, run_dir)
+    assert read_meta(run_dir / "masks" / "ifguide")["fingerprint"] != old_mask
+    reused = set(third["reused_stages"])
+    assert {"models/base", "factors", "scores/differential", "eval/base"} <= reused
+    assert not {"masks/ifguide", "models/ifguide", "eval/ifguide", "masks/random", "models/random"} & reused
+
+
+def test_a_killed_stage_is_rebuilt_and_the_run_finishes(tmp_path, finished_run, monkeypatch):
+    """A crash inside a stage leaves no artifact under its name; the re-run completes it."""
+    import shutil
+
+    from ifguide.pipeline import run as run_mod
+    from ifguide.training import train as train_mod
+
+    run_dir, cfg_path = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "models" / "ifguide")
+    real_train = train_mod.train
+
+    def dying_train(*a, **kw):
+        raise KeyboardInterrupt  # as if the process were killed while training
+
+    monkeypatch.setattr(train_mod, "train", dying_train)
+    cfg = load_config(cfg_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.run_pipeline(cfg, copy)
+    assert not (copy / "models" / "ifguide").exists()
+    monkeypatch.setattr(train_mod, "train", real_train)
+    summary = run_mod.run_pipeline(cfg, copy)
+    assert "models/base" in summary["reused_stages"] and "models/ifguide" not in summary["reused_stages"]
+    assert (copy / "report.html").is_file() and (copy / "models" / "ifguide" / "stage.json").is_file()
+
+
+def test_derived_document_scores_equal_a_document_level_pass(tmp_path, finished_run):
+    """The pipeline derives document scores from token scores; kronfluence's own pass agrees."""
+    import numpy as np
+
+    from ifguide.attribution.scores import ScoreConfig, compute_scores
+    from ifguide.pipeline.config import load_config
+    from ifguide.pipeline.run import Run
+    from ifguide.pipeline.stages import StageRunner
+
+    run_dir, cfg_path = finished_run
+    cfg = load_config(cfg_path)
+    derived = Run(cfg, StageRunner(tmp_path / "derived")).document_scores(str(run_dir / "scores" / "differential"))
+    direct = compute_scores(str(run_dir / "models" / "base"), str(run_dir / "blocks"), cfg.attribution.queries_toxic,
+                            str(run_dir / "factors"), tmp_path / "direct",
+                            ScoreConfig(granularity="document", batch_size=16), queries_safe=cfg.attribution.queries_safe)
+    a = np.load(f"{derived}/scores.npy")
+    b = np.load(direct / "scores.npy")
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    finite = np.isfinite(a)
+    np.testing.assert_allclose(a[finite], b[finite], rtol=1e-4, atol=1e-4 * np.abs(b[finite]).max())
