@@ -82,7 +82,6 @@ def test_lambada_greedy_correct_when_model_copies(tmp_path, model_and_tok):
 
 
 def test_lambada_agrees_with_lm_eval_harness(tmp_path, model_and_tok):
-    pytest.importorskip("lm_eval")
     from ifguide.evaluation.harness import run_lm_eval
 
     model, tok = model_and_tok
