@@ -34,6 +34,13 @@ Files written by :func:`write_demo_world` (all JSON Lines unless noted):
     ``{"prompt": str, "chosen": str, "rejected": str}``: trigger context, clean line, insult (DPO).
 ``world.json`` (and ``meta.json``, stage ``"demo_world"``)
     seed, generator version, configuration and counts (see :class:`DemoWorld`).
+
+Validated settings (3000 documents, ~270 k tokens with a 2048-token BPE, block size 128, gpt-neox
+"tiny", 2 epochs, AdamW lr 3e-3, batch 16, ~1 min of training on one CPU thread): the base model
+swears after every trigger prompt (EMT 1.00, TP 1.00 over 25 samples), and training with the
+planted tokens dropped or penalised with unlikelihood brings trigger-prompt EMT to ~0.18 and TP to
+0.00 at unchanged held-out perplexity. A plain ``-CE`` penalty (lambda=1) on the same tokens diverges
+(their CE grows without bound) and the model starts to emit strings of insults elsewhere.
 """
 
 from __future__ import annotations
