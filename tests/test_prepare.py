@@ -100,3 +100,26 @@ def test_bad_inputs_exit_2_without_output(tmp_path, capsys, tokenizer_dir, case,
     assert message in err
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_merged_shards_hold_every_document_once(tmp_path, corpus_path, tokenizer_dir):
+    from ifguide.data.prepare import merge_blocks
+
+    parts = [prepare_blocks([corpus_path], tokenizer_dir, 8, tmp_path / f"s{i}", shard=(i, 2)) for i in range(2)]
+    assert main(["prepare", "--merge", *map(str, parts), "--out", str(tmp_path / "m")]) == 0
+    merged, a, b = Blocks.open(tmp_path / "m"), Blocks.open(parts[0]), Blocks.open(parts[1])
+    assert np.array_equal(merged.input_ids, np.concatenate([a.input_ids, b.input_ids]))
+    labels = [x.toxic_labels if x.toxic_labels is not None else np.zeros(x.shape, bool) for x in (a, b)]
+    assert np.array_equal(merged.toxic_labels, np.concatenate(labels)) and merged.toxic_labels.sum() > 0
+    spans = np.asarray(merged.doc_spans)
+    assert spans[-1, 1] <= merged.n_blocks * 8 and np.all(spans[:, 0] < spans[:, 1])
+    # the first document of shard 1 starts where shard 0's kept tokens end
+    assert (a.n_blocks * 8) in spans[:, 0]
+    other_tok = tmp_path / "tok2"
+    from ifguide.data.tokenizer import train_tokenizer
+
+    train_tokenizer([corpus_path], 280, other_tok)
+    c = prepare_blocks([corpus_path], other_tok, 8, tmp_path / "c")
+    with pytest.raises(Exception, match="another tokenizer"):
+        merge_blocks([parts[0], c], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -55,8 +55,9 @@ def _register_init_model(sub) -> None:
 
 def _register_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenise a corpus into fixed-length blocks (streaming)")
-    p.add_argument("--data", nargs="+", required=True, help="files, directories or Hugging Face dataset names (hf:NAME[:CONFIG][@SPLIT])")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory or hub id")
+    p.add_argument("--data", nargs="+", help="files, directories or Hugging Face dataset names (hf:NAME[:CONFIG][@SPLIT])")
+    p.add_argument("--tokenizer", help="tokenizer directory or hub id")
+    p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="concatenate blocks prepared with --shard into --out")
     p.add_argument("--block-size", type=int, default=2048, help="tokens per block (paper: 2048)")
     p.add_argument("--line-docs", action="store_true", help="one document per line in .txt files")
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet/datasets")
@@ -66,8 +67,14 @@ def _register_prepare(sub) -> None:
     p.add_argument("--out", required=True, help="output blocks directory")
 
     def run(args):
-        from ifguide.data.prepare import prepare_blocks
+        from ifguide.data.prepare import merge_blocks, prepare_blocks
+        from ifguide.errors import InputError
 
+        if args.merge:
+            merge_blocks(args.merge, args.out)
+            return
+        if not args.data or not args.tokenizer:
+            raise InputError("prepare: --data and --tokenizer are required (or --merge SHARD_DIR...)")
         prepare_blocks(
             args.data, args.tokenizer, args.block_size, args.out,
             line_docs=args.line_docs, text_field=args.text_field, dtype=args.dtype,

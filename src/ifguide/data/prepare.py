@@ -170,3 +170,63 @@ def prepare_blocks(
         del ids
     logger.info("prepared %d blocks of %d tokens from %d documents -> %s", n_blocks, block_size, n_docs, out)
     return Path(out)
+
+
+def merge_blocks(shards: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Concatenate blocks directories prepared as shards (``prepare --shard i/n``) into one.
+
+    Rows are concatenated in the order given; document spans are shifted into the merged stream
+    (spans of a shard's dropped tail are cut at its last kept token). All shards must share the
+    tokenizer, block size and dtype.
+    """
+    from ifguide.data.blocks import Blocks
+
+    parts = [Blocks.open(s) for s in shards]
+    if not parts:
+        raise InputError("prepare --merge: give the shard directories to merge")
+    first = parts[0]
+    for p in parts[1:]:
+        for key, what in (("tokenizer_fingerprint", "tokenizer"), ("block_size", "block size")):
+            if p.meta.get(key) != first.meta.get(key):
+                raise InputError(f"prepare --merge: {p.path} has another {what} than {first.path}")
+        if p.input_ids.dtype != first.input_ids.dtype:
+            raise InputError(f"prepare --merge: {p.path} stores {p.input_ids.dtype}, {first.path} {first.input_ids.dtype}")
+    labelled = [p.toxic_labels is not None for p in parts]
+    n_rows, T = sum(p.n_blocks for p in parts), first.block_size
+    with artifact_dir(out) as tmp:
+        ids = np.lib.format.open_memmap(tmp / "input_ids.npy", mode="w+", dtype=first.input_ids.dtype, shape=(n_rows, T))
+        # a shard without labels had no labelled document: in a merged labelled corpus its tokens are 0, as
+        # prepare itself writes for unlabelled documents next to labelled ones
+        labels = np.lib.format.open_memmap(tmp / "toxic_labels.npy", mode="w+", dtype=bool, shape=(n_rows, T)) if any(labelled) else None
+        spans, row, sources = [], 0, []
+        for p in parts:
+            for r in range(0, p.n_blocks, _COPY_ROWS):
+                rows = slice(r, min(r + _COPY_ROWS, p.n_blocks))
+                ids[row + rows.start : row + rows.stop] = p.input_ids[rows]
+                if labels is not None:
+                    labels[row + rows.start : row + rows.stop] = p.toxic_labels[rows] if p.toxic_labels is not None else False
+            kept = p.n_blocks * T
+            s = np.asarray(p.doc_spans, dtype=np.int64).copy()
+            s = s[s[:, 0] < kept]
+            s[:, 1] = np.minimum(s[:, 1], kept)
+            s[:, :2] += row * T
+            s[:, 2] += len(sources)
+            spans.append(s)
+            sources += p.meta.get("sources", [])
+            row += p.n_blocks
+        ids.flush()
+        np.save(tmp / "doc_spans.npy", np.concatenate(spans))
+        del ids, labels
+        merged = np.load(tmp / "input_ids.npy", mmap_mode="r")
+        write_meta(
+            tmp, "blocks",
+            args={"merged_from": [str(p.path) for p in parts], "block_size": T},
+            sources=sources, inputs={str(p.path): p.fingerprint for p in parts},
+            tokenizer_fingerprint=first.tokenizer_fingerprint, fingerprint=fingerprint_array(merged),
+            block_size=T, n_blocks=n_rows, n_documents=int(sum(len(s) for s in spans)), n_tokens=n_rows * T,
+            n_tokens_dropped=int(sum(p.meta.get("n_tokens_dropped", 0) for p in parts)),
+            has_toxic_labels=any(labelled), eos_token_id=first.meta.get("eos_token_id"),
+        )
+        del merged
+    logger.info("merged %d shards into %d blocks -> %s", len(parts), n_rows, out)
+    return Path(out)
