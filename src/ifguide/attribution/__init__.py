@@ -2,18 +2,32 @@
 
 ``fit_factors`` fits the curvature factors of a causal LM on its training blocks; ``compute_scores``
 scores every training token by how much it makes toxic continuations more likely than safe ones.
+Both also run as a job array: ``fit_factor_shard``/``merge_factor_shards`` and
+``compute_score_shard``/``merge_score_shards``.
 """
 
-from ifguide.attribution.factors import FactorConfig, fit_factors
+from ifguide.attribution._shards import Shard
+from ifguide.attribution.factors import FactorConfig, fit_factor_shard, fit_factors, merge_factor_shards
 from ifguide.attribution.modules import discover_modules, linearize_conv1d
-from ifguide.attribution.scores import ScoreConfig, compute_scores, to_target_coordinates
+from ifguide.attribution.scores import (
+    ScoreConfig,
+    compute_score_shard,
+    compute_scores,
+    merge_score_shards,
+    to_target_coordinates,
+)
 
 __all__ = [
     "FactorConfig",
     "ScoreConfig",
+    "Shard",
+    "compute_score_shard",
     "compute_scores",
     "discover_modules",
+    "fit_factor_shard",
     "fit_factors",
     "linearize_conv1d",
+    "merge_factor_shards",
+    "merge_score_shards",
     "to_target_coordinates",
 ]

@@ -26,7 +26,9 @@ to the sum of its token scores) and broadcasts it to the block's target columns 
 file has the same shape and the same NaN column as token scores.
 
 Large corpora are processed in chunks of rows (one kronfluence call each) written into a memmap
-in ``SCORES_DIR.partial/``; an interrupted run resumes at the first unfinished chunk.
+in ``SCORES_DIR.partial/``; an interrupted run resumes at the first unfinished chunk. On a
+cluster, :func:`compute_score_shard` scores one contiguous range of rows per job and
+:func:`merge_score_shards` concatenates them (see "sharding" below).
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ from ifguide.attribution._setup import (
     read_json,
     refuse_cpu_distributed,
     request_fingerprint,
+)
+from ifguide.attribution._shards import (
+    Shard,
+    is_done,
+    mark_done,
+    open_shared_work_dir,
+    open_work_dir_for_merge,
+    require_all_done,
 )
 from ifguide.attribution.factors import AMP_DTYPES, FACTORS_SUBDIR, prepare_tracked_model
 from ifguide.attribution.task import CausalLMTask
@@ -271,15 +281,124 @@ def _write_final(out: Path, work: Path, config: ScoreConfig, meta_fields: dict) 
         if config.scores_dtype == "float32":
             os.replace(work / "scores.npy", tmp / "scores.npy")
         else:
-            dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.float16, shape=scores.shape)
-            for start in range(0, scores.shape[0], 4096):
-                dst[start : start + 4096] = scores[start : start + 4096]
-            dst.flush()
-            del dst
+            _copy_rows([scores], tmp / "scores.npy", np.float16)
         del scores
         final = np.load(tmp / "scores.npy", mmap_mode="r")
         write_meta(tmp, "scores", **meta_fields, fingerprint=fingerprint_array(final))
         del final
+
+
+def _copy_rows(parts: list[np.ndarray], dst_path: Path, dtype) -> None:
+    """Write the row-concatenation of ``parts`` to a new ``.npy`` as ``dtype``, a slab of rows at a time."""
+    n_rows = sum(p.shape[0] for p in parts)
+    dst = np.lib.format.open_memmap(dst_path, mode="w+", dtype=dtype, shape=(n_rows, parts[0].shape[1]))
+    offset = 0
+    for part in parts:
+        for start in range(0, part.shape[0], 4096):
+            rows = part[start : start + 4096]
+            dst[offset + start : offset + start + len(rows)] = rows
+        offset += part.shape[0]
+    dst.flush()
+    del dst
+
+
+@dataclass
+class _ScoreJob:
+    """The checked inputs of a scoring run and the request that identifies it."""
+
+    config: ScoreConfig
+    blocks: Blocks
+    lm: Any
+    factors: Path
+    factors_meta: dict
+    query_set: QuerySet
+    query_ds: QueryBatchDataset
+    request: dict
+    paths: dict  # the user's paths, recorded in meta.json
+
+
+def _prepare(model, blocks, queries, factors, config, queries_safe, tokenizer, trust_remote_code) -> _ScoreJob:
+    config = config or ScoreConfig()
+    refuse_cpu_distributed()
+    factors = Path(factors)
+    blocks_obj = Blocks.open(blocks)
+    lm = load_checked_model(model, blocks_obj, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    check_tokens_fit(blocks_obj, lm)
+    factors_meta = _check_factors(factors, lm)
+    qs = load_query_set(queries, queries_safe, config)
+    weighted = query_weights(qs, config.mode)
+    query_ds = QueryBatchDataset(lm.tokenizer, weighted, config.max_query_tokens)
+    request = {
+        "stage": "scores",
+        # Batching (and sharding) only regroups the same per-row computations.
+        "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "query_batch_size")},
+        "model_fingerprint": lm.model_fingerprint,
+        "blocks_fingerprint": blocks_obj.fingerprint,
+        "factors_fingerprint": factors_meta.get("fingerprint"),
+        "queries": [(q.prompt, q.continuation, w) for q, w in weighted],
+    }
+    paths = {"blocks": str(blocks), "queries": str(queries),
+             "queries_safe": None if queries_safe is None else str(queries_safe), "factors": str(factors)}
+    return _ScoreJob(config, blocks_obj, lm, factors, factors_meta, qs, query_ds, request, paths)
+
+
+def _analyzer(job: _ScoreJob, work: Path):
+    tracked_model, _ = prepare_tracked_model(job.lm.model, None)
+    analyzer = make_analyzer(tracked_model, CausalLMTask(job.factors_meta["modules"]), work)
+    _link_factors(analyzer, job.factors)
+    return analyzer
+
+
+def _score_rows(job: _ScoreJob, analyzer, scores: np.ndarray, first: int, stop: int, progress_path: Path) -> None:
+    """Score blocks ``[first, stop)`` into ``scores`` (its row 0 is block ``first``), a chunk of
+    ``chunk_blocks`` rows per kronfluence call, skipping the chunks ``progress_path`` lists as done."""
+    config, block_size = job.config, job.blocks.block_size
+    done = set(read_json(progress_path)["done"]) if progress_path.is_file() else set()
+    starts = list(range(first, stop, config.chunk_blocks))
+    for chunk, start in enumerate(starts):
+        if chunk in done:
+            continue
+        end = min(stop, start + config.chunk_blocks)
+        logger.info("scoring blocks %d-%d of %d", start, end, job.blocks.n_blocks)
+        rows = BlockRows(job.blocks.input_ids, np.arange(start, end))
+        scores[start - first : end - first] = _score_chunk(analyzer, job.query_ds, rows, chunk, config, block_size)
+        scores.flush()
+        done.add(chunk)
+        write_json(progress_path, {"done": sorted(done), "chunks": len(starts)})
+
+
+def _meta_fields(job: _ScoreJob) -> dict:
+    config, lm = job.config, job.lm
+    counts = job.query_set.counts()
+    return {
+        "args": {**asdict(config), "model": lm.name, **job.paths},
+        "model": lm.name,
+        "factors": str(job.factors),
+        "factors_fingerprint": job.factors_meta.get("fingerprint"),
+        "strategy": job.factors_meta.get("strategy"),
+        "modules": job.factors_meta["modules"],
+        "mode": config.mode,
+        "granularity": config.granularity,
+        "query_counts": {**counts, "used_toxic": counts["toxic"],
+                         "used_safe": counts["safe"] if config.mode == "differential" else 0},
+        "thresholds": {"toxic_min": config.toxic_min, "safe_max": config.safe_max},
+        "normalisation": (
+            "query gradient of mean_toxic(mean continuation-token NLL)"
+            + (" - mean_safe(mean continuation-token NLL)" if config.mode == "differential" else "")
+            + "; training loss summed over the block's tokens; positive = training on the token makes "
+            "toxic continuations more likely"
+        ),
+        "dtype": config.dtype,
+        "scores_dtype": config.scores_dtype,
+        "alignment_mode": config.alignment,
+        "alignment": ALIGNMENT_STATEMENTS[config.alignment]
+        if config.granularity == "token"
+        else "scores[i, j] for j >= 1 is the score of block i as a whole (all its targets); column 0 is NaN.",
+        "blocks_fingerprint": job.blocks.fingerprint,
+        "model_fingerprint": lm.model_fingerprint,
+        "tokenizer_fingerprint": lm.tokenizer_fingerprint,
+        "request_fingerprint": request_fingerprint(job.request),
+    }
 
 
 def compute_scores(
@@ -297,89 +416,128 @@ def compute_scores(
     """Score every training token of ``blocks`` and write ``out`` (see the module docstring).
 
     ``model`` must be the model the ``factors`` were fitted for; it may be a smaller proxy of the
-    model trained later, as long as it shares the blocks' tokenizer. Returns ``out``.
+    model trained later, as long as it shares the blocks' tokenizer. Returns ``out``. For a job
+    array, see :func:`compute_score_shard` and :func:`merge_score_shards`.
     """
-    config = config or ScoreConfig()
-    refuse_cpu_distributed()
-    out, factors = Path(out), Path(factors)
-    blocks_obj = Blocks.open(blocks)
-    lm = load_checked_model(model, blocks_obj, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
-    check_tokens_fit(blocks_obj, lm)
-    factors_meta = _check_factors(factors, lm)
-    qs = load_query_set(queries, queries_safe, config)
-    weighted = query_weights(qs, config.mode)
-    query_ds = QueryBatchDataset(lm.tokenizer, weighted, config.max_query_tokens)
-
-    request = {
-        "stage": "scores",
-        "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "query_batch_size")},
-        "model_fingerprint": lm.model_fingerprint,
-        "blocks_fingerprint": blocks_obj.fingerprint,
-        "factors_fingerprint": factors_meta.get("fingerprint"),
-        "queries": [(q.prompt, q.continuation, w) for q, w in weighted],
-    }
-    if finished_artifact(out, "scores", request) is not None:
+    out = Path(out)
+    job = _prepare(model, blocks, queries, factors, config, queries_safe, tokenizer, trust_remote_code)
+    if finished_artifact(out, "scores", job.request) is not None:
         logger.info("%s is up to date; reusing it", out)
         return out
 
-    tracked_model, _ = prepare_tracked_model(lm.model, None)
-    work = open_work_dir(out, request)
-    analyzer = make_analyzer(tracked_model, CausalLMTask(factors_meta["modules"]), work)
-    _link_factors(analyzer, factors)
-
-    n, block_size = blocks_obj.shape
-    scores = _open_scores_memmap(work, (n, block_size))
-    progress_path = work / PROGRESS_FILE
-    done = set(read_json(progress_path)["done"]) if progress_path.is_file() else set()
-    starts = list(range(0, n, config.chunk_blocks))
-    for chunk, start in enumerate(starts):
-        if chunk in done:
-            continue
-        stop = min(n, start + config.chunk_blocks)
-        logger.info("scoring blocks %d-%d of %d", start, stop, n)
-        rows = BlockRows(blocks_obj.input_ids, np.arange(start, stop))
-        scores[start:stop] = _score_chunk(analyzer, query_ds, rows, chunk, config, block_size)
-        scores.flush()
-        done.add(chunk)
-        write_json(progress_path, {"done": sorted(done), "chunks": len(starts)})
+    work = open_work_dir(out, job.request)
+    analyzer = _analyzer(job, work)
+    scores = _open_scores_memmap(work, job.blocks.shape)
+    _score_rows(job, analyzer, scores, 0, job.blocks.n_blocks, work / PROGRESS_FILE)
     del scores
-
-    counts = qs.counts()
-    _write_final(
-        out,
-        work,
-        config,
-        {
-            "args": {**asdict(config), "model": lm.name, "blocks": str(blocks), "queries": str(queries),
-                     "queries_safe": None if queries_safe is None else str(queries_safe), "factors": str(factors)},
-            "model": lm.name,
-            "factors": str(factors),
-            "factors_fingerprint": factors_meta.get("fingerprint"),
-            "strategy": factors_meta.get("strategy"),
-            "modules": factors_meta["modules"],
-            "mode": config.mode,
-            "granularity": config.granularity,
-            "query_counts": {**counts, "used_toxic": counts["toxic"],
-                             "used_safe": counts["safe"] if config.mode == "differential" else 0},
-            "thresholds": {"toxic_min": config.toxic_min, "safe_max": config.safe_max},
-            "normalisation": (
-                "query gradient of mean_toxic(mean continuation-token NLL)"
-                + (" - mean_safe(mean continuation-token NLL)" if config.mode == "differential" else "")
-                + "; training loss summed over the block's tokens; positive = training on the token makes "
-                "toxic continuations more likely"
-            ),
-            "dtype": config.dtype,
-            "scores_dtype": config.scores_dtype,
-            "alignment_mode": config.alignment,
-            "alignment": ALIGNMENT_STATEMENTS[config.alignment]
-            if config.granularity == "token"
-            else "scores[i, j] for j >= 1 is the score of block i as a whole (all its targets); column 0 is NaN.",
-            "blocks_fingerprint": blocks_obj.fingerprint,
-            "model_fingerprint": lm.model_fingerprint,
-            "tokenizer_fingerprint": lm.tokenizer_fingerprint,
-            "request_fingerprint": request_fingerprint(request),
-        },
-    )
+    _write_final(out, work, job.config, _meta_fields(job))
     shutil.rmtree(work, ignore_errors=True)
     logger.info("scores -> %s", out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sharding
+#
+# Shard i/n scores the contiguous blocks [i*N//n, (i+1)*N//n) into its own directory
+# SCORES_DIR.partial/shard-{i}-of-{n}/ (its own kronfluence work files, float32 scores.npy of its
+# rows, progress). When it finishes it writes meta.json there, which makes the shard directory a
+# scores artifact of its rows: `ifguide select --scores` accepts the shard directories in order
+# as row shards. The merge concatenates them into SCORES_DIR, with the same meta.json as an
+# unsharded run.
+
+SHARD_STEP = "scores"
+
+
+def _shard_dir(work: Path, shard: Shard) -> Path:
+    return work / f"shard-{shard.index}-of-{shard.count}"
+
+
+def compute_score_shard(
+    model: Any,
+    blocks: str | os.PathLike,
+    queries: str | os.PathLike,
+    factors: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ScoreConfig | None = None,
+    *,
+    shard: Shard | tuple[int, int],
+    queries_safe: str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Score shard ``i/n`` (blocks ``[i*N//n, (i+1)*N//n)``) into ``OUT.partial/shard-i-of-n/``.
+
+    Run every shard (in any order, in parallel), then :func:`merge_score_shards` with the same
+    arguments. An interrupted shard resumes at its first unfinished chunk; a finished one is not
+    recomputed. Returns the shard's directory (``out`` itself when the merged artifact is already there).
+    """
+    out, shard = Path(out), Shard.of(shard)
+    job = _prepare(model, blocks, queries, factors, config, queries_safe, tokenizer, trust_remote_code)
+    if shard.count > job.blocks.n_blocks:
+        raise InputError(f"--shard: {shard.count} shards for {job.blocks.n_blocks} blocks; "
+                         "use at most one shard per block")
+    if finished_artifact(out, "scores", job.request) is not None:
+        logger.info("%s is already finished; nothing to do for shard %s", out, shard)
+        return out
+    work = open_shared_work_dir(out, job.request, shard)
+    shard_dir = _shard_dir(work, shard)
+    if is_done(work, SHARD_STEP, shard):
+        logger.info("score shard %s already finished (%s); nothing to do", shard, shard_dir)
+        return shard_dir
+    shard_dir.mkdir(exist_ok=True)
+    first, stop = shard.rows(job.blocks.n_blocks)
+    logger.info("score shard %s: blocks %d-%d of %d", shard, first, stop, job.blocks.n_blocks)
+    analyzer = _analyzer(job, shard_dir)
+    scores = _open_scores_memmap(shard_dir, (stop - first, job.blocks.block_size))
+    _score_rows(job, analyzer, scores, first, stop, shard_dir / PROGRESS_FILE)
+    del scores
+    shard_scores = np.load(shard_dir / "scores.npy", mmap_mode="r")
+    # A scores artifact of its rows (float32: the working array itself), usable by `select` as a row shard.
+    fields = {**_meta_fields(job), "scores_dtype": "float32", "shard": str(shard), "rows": [first, stop]}
+    write_meta(shard_dir, "scores", **fields, fingerprint=fingerprint_array(shard_scores))
+    del shard_scores
+    mark_done(work, SHARD_STEP, shard, rows=[first, stop])
+    logger.info("score shard %s -> %s", shard, shard_dir)
+    return shard_dir
+
+
+def merge_score_shards(
+    model: Any,
+    blocks: str | os.PathLike,
+    queries: str | os.PathLike,
+    factors: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ScoreConfig | None = None,
+    *,
+    queries_safe: str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Concatenate the finished shards of :func:`compute_score_shard` into the scores artifact ``out``.
+
+    Takes the same arguments as the shards; the result (scores.npy and meta.json) is the one an
+    unsharded :func:`compute_scores` writes. Missing shards are an :class:`InputError` naming them.
+    """
+    out = Path(out)
+    job = _prepare(model, blocks, queries, factors, config, queries_safe, tokenizer, trust_remote_code)
+    if finished_artifact(out, "scores", job.request) is not None:
+        logger.info("%s is up to date; reusing it", out)
+        return out
+    work, count = open_work_dir_for_merge(out, job.request)
+    require_all_done(work, SHARD_STEP, count, rerun_hint=f"--shard i/{count}")
+    shards = [Shard(i, count) for i in range(count)]
+    parts = [np.load(_shard_dir(work, s) / "scores.npy", mmap_mode="r") for s in shards]
+    for s, part in zip(shards, parts):
+        first, stop = s.rows(job.blocks.n_blocks)
+        if part.shape != (stop - first, job.blocks.block_size):
+            raise InputError(f"{_shard_dir(work, s)}: scores.npy has shape {part.shape}, expected "
+                             f"{(stop - first, job.blocks.block_size)} (blocks {first}-{stop}); re-run shard {s}")
+    with artifact_dir(out) as tmp:
+        _copy_rows(parts, tmp / "scores.npy", np.dtype(job.config.scores_dtype))
+        del parts
+        final = np.load(tmp / "scores.npy", mmap_mode="r")
+        write_meta(tmp, "scores", **_meta_fields(job), fingerprint=fingerprint_array(final))
+        del final
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("merged %d score shards -> %s", count, out)
     return out

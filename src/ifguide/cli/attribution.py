@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import argparse
 
-from ifguide.cli._common import add_model_args, positive_int
+from ifguide.cli._common import add_model_args, parse_shard, positive_int
+from ifguide.errors import InputError
+
+FACTORS_SHARDING_HELP = """\
+job array (one process per shard, any machines sharing OUT.partial/; steps on one line run in parallel):
+  ifguide fit-factors ARGS --shard i/n --phase covariance    for i in 0..n-1
+  ifguide fit-factors ARGS --merge --phase covariance        sum the covariances, eigendecompose
+  ifguide fit-factors ARGS --shard i/n --phase lambda        for i in 0..n-1
+  ifguide fit-factors ARGS --merge                           sum the eigenvalue corrections, write OUT
+ARGS are the same in every step. Shard i computes kronfluence's data partition i of n (contiguous
+blocks). A finished shard is not recomputed; a failed one is re-run alone. --merge names any
+missing shards. OUT is used by `ifguide score` exactly like an unsharded one.
+"""
+
+SCORE_SHARDING_HELP = """\
+job array (one process per shard, any machines sharing OUT.partial/):
+  ifguide score ARGS --shard i/n      for i in 0..n-1 (in parallel): blocks [i*N/n, (i+1)*N/n)
+  ifguide score ARGS --merge          concatenate the shards into OUT (as an unsharded run writes it)
+ARGS are the same in every step. A failed shard resumes at its first unfinished chunk when re-run;
+--merge names any missing shards. Instead of merging, the finished shard directories
+OUT.partial/shard-i-of-n (float32, in order i = 0..n-1) can be given to `ifguide select --scores`.
+"""
+
+
+def _sharding(args: argparse.Namespace) -> tuple[tuple[int, int] | None, bool]:
+    shard = parse_shard(args.shard)
+    if args.merge and shard is not None:
+        raise InputError("--shard and --merge: give one (run the shards first, then --merge)")
+    return shard, args.merge
 
 
 def _fit_factors(args: argparse.Namespace) -> int:
-    from ifguide.attribution.factors import FactorConfig, fit_factors
+    from ifguide.attribution.factors import FactorConfig, fit_factor_shard, fit_factors, merge_factor_shards
 
     config = FactorConfig(
         strategy=args.strategy,
@@ -17,7 +45,19 @@ def _fit_factors(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         modules=args.modules,
     )
-    fit_factors(args.model, args.blocks, args.out, config, trust_remote_code=args.trust_remote_code)
+    shard, merge = _sharding(args)
+    common = dict(trust_remote_code=args.trust_remote_code)
+    if shard is not None:
+        if args.phase is None:
+            raise InputError("--shard: also give --phase covariance (first) or --phase lambda "
+                             "(after the covariance merge)")
+        fit_factor_shard(args.model, args.blocks, args.out, config, shard=shard, phase=args.phase, **common)
+    elif merge:
+        merge_factor_shards(args.model, args.blocks, args.out, config, phase=args.phase or "lambda", **common)
+    elif args.phase is not None:
+        raise InputError("--phase: only with --shard i/n or --merge")
+    else:
+        fit_factors(args.model, args.blocks, args.out, config, **common)
     return 0
 
 
@@ -37,26 +77,29 @@ def _score(args: argparse.Namespace) -> int:
         toxic_min=args.toxic_min,
         safe_max=args.safe_max,
     )
-    compute_scores(
-        args.model,
-        args.blocks,
-        args.queries,
-        args.factors,
-        args.out,
-        config,
-        queries_safe=args.queries_safe,
-        trust_remote_code=args.trust_remote_code,
-    )
+    from ifguide.attribution.scores import compute_score_shard, merge_score_shards
+
+    shard, merge = _sharding(args)
+    inputs = (args.model, args.blocks, args.queries, args.factors, args.out, config)
+    common = dict(queries_safe=args.queries_safe, trust_remote_code=args.trust_remote_code)
+    if shard is not None:
+        compute_score_shard(*inputs, shard=shard, **common)
+    elif merge:
+        merge_score_shards(*inputs, **common)
+    else:
+        compute_scores(*inputs, **common)
     return 0
 
 
 def register(subparsers) -> None:
-    from ifguide.attribution.factors import STRATEGIES
+    from ifguide.attribution.factors import PHASES, STRATEGIES
     from ifguide.attribution.scores import ALIGNMENTS, GRANULARITIES, MODES, SCORE_DTYPES
 
     p = subparsers.add_parser(
         "fit-factors",
         help="fit EK-FAC (or KFAC/diagonal/identity) influence factors of a model on training blocks",
+        epilog=FACTORS_SHARDING_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
     p.add_argument("--blocks", required=True, help="blocks directory (from `ifguide prepare`)")
@@ -67,11 +110,17 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
     p.add_argument("--modules", default=None, metavar="REGEX",
                    help="track the nn.Linear modules whose names match REGEX (default: all inside the blocks)")
+    _add_sharding_args(p)
+    p.add_argument("--phase", default=None, choices=PHASES,
+                   help="with --shard: the pass this shard computes; with --merge: the pass to merge "
+                   "(default lambda: the final merge). See the job-array steps below")
     p.set_defaults(func=_fit_factors)
 
     p = subparsers.add_parser(
         "score",
         help="score every training token by its influence on toxic (vs safe) continuations",
+        epilog=SCORE_SHARDING_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
     p.add_argument("--blocks", required=True, help="blocks directory (from `ifguide prepare`)")
@@ -93,4 +142,11 @@ def register(subparsers) -> None:
                    help="blocks per resumable chunk written to disk (default 1024)")
     p.add_argument("--toxic-min", type=float, default=0.5, help="unlabelled query is toxic at toxicity >= this (0.5)")
     p.add_argument("--safe-max", type=float, default=0.1, help="unlabelled query is safe at toxicity <= this (0.1)")
+    _add_sharding_args(p)
     p.set_defaults(func=_score)
+
+
+def _add_sharding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N into OUT.partial/ (an independent job; see below)")
+    p.add_argument("--merge", action="store_true", help="combine the finished shards in OUT.partial/ into OUT")
