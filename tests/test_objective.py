@@ -11,7 +11,7 @@ from ifguide.errors import InputError
 from ifguide.training.objective import suppression_loss
 
 
-def reference_loss(logits, labels, toxic_mask, lam, penalty="neg_ce"):
+def reference_loss(logits, labels, toxic_mask, lam, penalty="neg_ce", ce_clip=None):
     """Paper Eq. 9 written out one target at a time."""
     total, n = 0.0, 0
     B, T, _ = logits.shape
@@ -25,7 +25,7 @@ def reference_loss(logits, labels, toxic_mask, lam, penalty="neg_ce"):
             n += 1
             if toxic_mask[b, j]:
                 if penalty == "neg_ce":
-                    total += -lam * ce
+                    total += -lam * (ce if ce_clip is None else min(ce, ce_clip))
                 else:
                     total += -lam * math.log(max(1 - math.exp(logp), 1e-6))
             else:
@@ -88,3 +88,20 @@ def test_bad_arguments(kwargs):
 def test_shape_mismatch():
     with pytest.raises(InputError, match="toxic_mask"):
         suppression_loss(torch.randn(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("clip", [0.5, 2.0, 8.0])
+def test_clipped_penalty_matches_reference_and_stops_pushing(clip):
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(2, 9, 13, generator=g) * 4).requires_grad_()
+    labels = torch.randint(0, 13, (2, 9), generator=g)
+    mask = torch.rand(2, 9, generator=g) < 0.4
+    got = suppression_loss(logits, labels, mask, 1.0, ce_clip=clip)
+    assert got.item() == pytest.approx(reference_loss(logits.detach(), labels, mask, 1.0, ce_clip=clip), abs=1e-5)
+    got.backward()
+    # a toxic target already past the clip gets no gradient from the penalty
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].detach().reshape(-1, 13), labels[:, 1:].reshape(-1), reduction="none").view(2, 8)
+    past = mask[:, 1:] & (ce > clip)
+    if past.any():
+        b, j = map(int, past.nonzero()[0])
+        assert torch.count_nonzero(logits.grad[b, j]) == 0

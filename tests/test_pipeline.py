@@ -81,11 +81,19 @@ def test_explain_lists_every_section(capsys):
         assert key in out
 
 
+ALL_METHODS = ["base", "ifguide", "random", "oracle", "toxic-only", "document", "unlikelihood", "remove",
+               "filter-scorer", "filter-influence", "dpo", "rad", "ifguide+rad", "proxy"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, world):
+    """One run with every method: each must appear as a row computed from its own results."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     cfg_path = run_dir.parent / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(micro_config(world)))
+    cfg = micro_config(world, methods=ALL_METHODS,
+                       attribution={"proxy": {"arch": "llama", "preset": "micro", "init_seed": 1}},
+                       dpo={"steps": 4, "batch_size": 2}, evaluation={"rad_k": 5})
+    cfg_path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(cfg_path), "--out", str(run_dir)]) == 0
     return run_dir, cfg_path
 
@@ -93,7 +101,18 @@ def finished_run(tmp_path_factory, world):
 def test_end_to_end_writes_summary_report_and_every_stage(finished_run):
     run_dir, _ = finished_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary["methods"]) == {"base", "ifguide", "random"}
+    assert list(summary["methods"]) == ALL_METHODS
+    table = (run_dir / "compare" / "table.md").read_text()
+    evals = {m: summary["methods"][m]["eval"] for m in ALL_METHODS}
+    assert len(set(evals.values())) == len(ALL_METHODS)  # every row from its own results.json
+    for m in ALL_METHODS:
+        assert f"| {m} |" in table
+        assert json.loads((run_dir / "eval" / m / "results.json").read_text())["decoding"]["method"] == (
+            "rad" if m.endswith("rad") else "plain")
+    # the filtering baselines drop at least IF-Guide's token budget, and train on fewer blocks
+    for m in ("filter-scorer", "filter-influence"):
+        rows = json.loads((run_dir / "models" / m / "meta.json").read_text())["args"]["rows"]
+        assert rows["n_rows"] < json.loads((run_dir / "blocks" / "meta.json").read_text())["n_blocks"]
     for m, e in summary["methods"].items():
         for sub in ("full", "toxic", "nontoxic"):
             assert 0.0 <= e[sub]["emt"] <= 1.0 and 0.0 <= e[sub]["tp"] <= 1.0
@@ -101,7 +120,8 @@ def test_end_to_end_writes_summary_report_and_every_stage(finished_run):
     assert summary["methods"]["base"]["attribution"] is None
     q = summary["methods"]["ifguide"]["attribution"]
     assert 0.0 <= q["precision"] <= 1.0 and 0.0 <= q["recall"] <= 1.0
-    assert "toxic-only" in summary["selection_only"]
+    assert summary["methods"]["toxic-only"]["attribution"]["n_selected"] > 0  # an ablation trained as a method
+    assert summary["methods"]["oracle"]["attribution"]["strict_precision"] == 1.0
     # the random control has exactly as many tokens as IF-Guide's selection
     assert summary["methods"]["random"]["attribution"]["n_selected"] == q["n_selected"]
     html = (run_dir / "report.html").read_text()
@@ -128,6 +148,7 @@ def test_rerun_reuses_everything_and_a_change_reruns_downstream(finished_run, wo
     changed = config_from_dict(micro_config(world, selection={"budget": 0.05, "window": 0}))
     third = run_pipeline(changed, run_dir)
     assert read_meta(run_dir / "masks" / "ifguide")["fingerprint"] != old_mask
+    assert "toxic-only" in third["selection_only"]  # an ablation checked against the labels, not trained
     reused = set(third["reused_stages"])
     assert {"models/base", "factors", "scores/differential", "eval/base"} <= reused
     assert not {"masks/ifguide", "models/ifguide", "eval/ifguide", "masks/random", "models/random"} & reused

@@ -101,7 +101,7 @@ def _register_train(sub) -> None:
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "max_toxic_ce":
+        elif "float" in str(f.type):
             p.add_argument(flag, type=float, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]

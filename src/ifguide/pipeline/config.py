@@ -111,6 +111,14 @@ class SelectionSection:
     window: int = _h("context tokens added on each side of a toxic token (paper: 1)", 1)
     budget: float = _h("share of all training tokens to select (paper: 0.02)", 0.02)
     lam: float = _h("penalty weight λ (paper: 1)", 1.0)
+    penalty: str = _h("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p))", "neg_ce")
+    ce_clip: float | None = _h("bound the neg_ce penalty at −λ·min(CE, ce_clip) nats; null: the paper's unbounded form", None)
+
+    def __post_init__(self):
+        if self.penalty not in ("neg_ce", "unlikelihood"):
+            raise InputError(f"config selection.penalty: expected 'neg_ce' or 'unlikelihood', got {self.penalty!r}")
+        if self.ce_clip is not None and self.ce_clip <= 0:
+            raise InputError(f"config selection.ce_clip: must be > 0, got {self.ce_clip}")
 
 
 @dataclass

@@ -30,11 +30,14 @@ def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> Pipeli
         "data": {"corpus": [str(world.corpus)], "heldout": str(world.heldout), "block_size": 128},
         "tokenizer": {"vocab_size": 2048},
         "model": {"arch": "gpt-neox", "preset": "tiny"},
-        "train": {"epochs": 1.0 if quick else 2.0, "lr": 3e-3, "batch_size": 16, "logging_steps": 10},
+        # ~200+ optimizer steps are needed before the tiny model learns the trigger contexts
+        "train": {"epochs": 4.0 if quick else 2.0, "lr": 3e-3, "batch_size": 16, "logging_steps": 10},
         "attribution": {"queries_toxic": str(world.queries_toxic), "queries_safe": str(world.queries_safe),
                         "strategy": "ekfac", "max_blocks": 512, "batch_size": 16,
                         "ablations": ["toxic-only", "document"]},
-        "selection": {"threshold": 0.99, "window": 1, "budget": 0.02, "lam": 1.0},
+        # The paper's −λ·CE, bounded at 8 nats: unbounded, it runs away on this small world (the
+        # toxic-target CE passed 50 and insults spread to unrelated contexts); see bench/penalty.py.
+        "selection": {"threshold": 0.99, "window": 1, "budget": 0.02, "lam": 1.0, "ce_clip": 8.0},
         "evaluation": {"prompts": str(world.eval_prompts), "samples": 25, "max_new_tokens": 20, "top_p": 0.9,
                        "seeds": [1, 2] if quick else [1, 2, 3], "batch_size": 250},
         "dpo": {"pairs": str(world.prefs)},

@@ -121,7 +121,8 @@ class Run:
         t = self.cfg.train
         kw = dict(epochs=t.epochs, max_steps=t.max_steps, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
                   weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, logging_steps=t.logging_steps,
-                  seed=self.cfg.seed, lam=self.cfg.selection.lam)
+                  seed=self.cfg.seed, lam=self.cfg.selection.lam, penalty=self.cfg.selection.penalty,
+                  ce_clip=self.cfg.selection.ce_clip)
         kw.update(overrides)
         return TrainConfig(**kw)
 
@@ -259,7 +260,10 @@ class Run:
 
             evaluate(model, self.cfg.evaluation.prompts, out, config)
 
-        key = {"model": _model_key(model), "prompts": _file_key(self.cfg.evaluation.prompts), "config": dataclasses.asdict(config),
+        settings = dataclasses.asdict(config)
+        if decoding == "plain":  # RAD's settings do not change a plain evaluation
+            settings = {k: v for k, v in settings.items() if not k.startswith("rad_")}
+        key = {"model": _model_key(model), "prompts": _file_key(self.cfg.evaluation.prompts), "config": settings,
                "heldout": artifact_fingerprint(heldout) if heldout and (Path(heldout) / "meta.json").is_file() else _file_key(heldout)}
         return str(self.stages.run(f"eval/{name}", key, build))
 

@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = _help("seed for initialisation order, data order and dropout", 0)
     lam: float = _help("λ: weight of the penalty on toxic targets (paper: 1.0)", 1.0)
     penalty: str = _help("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p), bounded)", "neg_ce")
+    ce_clip: float | None = _help(
+        "bound the neg_ce penalty to −λ·min(CE, ce_clip) nats (None: the paper's unbounded −λ·CE)", None
+    )
     max_toxic_ce: float | None = _help(
         "guard: stop when a batch's mean toxic-target CE exceeds this many nats (None: off)", 100.0
     )
@@ -74,6 +77,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.ce_clip is not None and self.ce_clip <= 0:
+            raise InputError(f"--ce-clip: must be > 0, got {self.ce_clip}")
         if self.max_toxic_ce is not None and self.max_toxic_ce <= 0:
             raise InputError(f"--max-toxic-ce: must be > 0, got {self.max_toxic_ce}")
 
@@ -185,6 +190,7 @@ def train(
         train_dataset=dataset,
         lam=config.lam,
         penalty=config.penalty,
+        ce_clip=config.ce_clip,
         max_toxic_ce=config.max_toxic_ce,
     )
     log_path = work / "train_log.jsonl"

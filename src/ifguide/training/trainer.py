@@ -30,15 +30,18 @@ class SuppressionTrainer(Trainer):
     Args:
         lam: penalty weight λ on toxic targets.
         penalty: ``"neg_ce"`` (paper) or ``"unlikelihood"``.
+        ce_clip: bound of the ``neg_ce`` penalty, −λ·min(CE, ce_clip) (``None``: the paper's −λ·CE).
         max_toxic_ce: guard — stop when the mean cross-entropy of the toxic targets in a batch
             exceeds this many nats (the −CE term is unbounded below; past this the model has
             learnt nothing useful but keeps pushing logits down). ``None`` disables it.
     """
 
-    def __init__(self, *args, lam: float = 1.0, penalty: str = "neg_ce", max_toxic_ce: float | None = 100.0, **kwargs):
+    def __init__(self, *args, lam: float = 1.0, penalty: str = "neg_ce", ce_clip: float | None = None,
+                 max_toxic_ce: float | None = 100.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.lam = lam
         self.penalty = penalty
+        self.ce_clip = ce_clip
         self.max_toxic_ce = max_toxic_ce
         self.reset_loss_stats()
 
@@ -56,6 +59,7 @@ class SuppressionTrainer(Trainer):
             toxic_mask,
             self.lam,
             penalty=self.penalty,
+            ce_clip=self.ce_clip,
             num_targets=num_items_in_batch,
             return_parts=True,
         )
