@@ -39,6 +39,7 @@ from ifguide.errors import InputError  # noqa: E402
 logger = logging.getLogger("bench.realistic")
 
 REPO = Path(__file__).resolve().parents[1]
+AUROC_TIE = 0.005  # token-AUROC gaps below this are reported as a tie between alignments
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 ALL_METHODS = ["base", "ifguide", "random", "oracle", "toxic-only", "document", "dpo", "rad",
@@ -56,7 +57,7 @@ PRESETS: dict[str, dict] = {
         "methods": ["base", "ifguide", "random", "oracle"], "dpo_steps": 20,
     },
     "cpu": {
-        "data": {"max_benign_chars": 4_000_000, "n_queries": 200, "n_eval": 100},
+        "data": {"max_benign_chars": 4_000_000, "n_queries": 200, "n_eval": 200},
         "block_size": 128, "vocab": 4096, "model": "tiny", "epochs": 1.0, "batch": 16, "lr": 3e-3,
         "finetune": 0.3, "factor_blocks": 1024, "samples": 25, "seeds": [1, 2, 3],
         "methods": ALL_METHODS, "dpo_steps": 100,
@@ -230,8 +231,10 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
     for variant in ("differential", "toxic-only"):
         a, b = attribution.get(f"{variant}/next"), attribution.get(f"{variant}/same")
         if a and b and a["token_auroc"] is not None and b["token_auroc"] is not None:
-            better = "next" if a["token_auroc"] > b["token_auroc"] else "same"
-            lines.append(f"\n{variant}: the `{better}` alignment ranks toxic tokens better (token AUROC).")
+            gap = a["token_auroc"] - b["token_auroc"]
+            verdict = (f"the `{'next' if gap > 0 else 'same'}` alignment ranks toxic tokens better"
+                       if abs(gap) >= AUROC_TIE else "the two alignments are indistinguishable")
+            lines.append(f"\n{variant}: {verdict} (token AUROC next − same = {gap:+.4f}).")
     lines += ["", "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary.get("stage_seconds", {}).items()]
     if notes:
