@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ifguide.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 TOXIC_MIN = 0.5  # RTP convention: toxicity >= 0.5 is toxic
 SAFE_MAX = 0.1  # a clearly safe query continuation (ifguide's default --safe-max)
