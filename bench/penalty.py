@@ -59,11 +59,14 @@ def main() -> None:
     base = train(root / "init", root / "blocks", root / "base", config=TrainConfig(max_steps=args.base_steps, lr=3e-3, batch_size=16))
 
     rows = []
-    settings = [("none", 0.0, 1e-3)] + [(p, lam, lr) for p in ("neg_ce", "unlikelihood") for lam in (1.0, 5.0) for lr in (1e-3, 1e-2)]
+    settings = [("none", 0.0, 1e-3)] + [
+        (p, lam, lr) for p in ("neg_ce", "neg_ce_clip8", "unlikelihood") for lam in (1.0, 5.0) for lr in (1e-3, 1e-2)
+    ]
     for penalty, lam, lr in settings:
         name = f"{penalty}-lam{lam:g}-lr{lr:g}"
         cfg = TrainConfig(max_steps=args.steps, lr=lr, batch_size=16, lam=lam, warmup_ratio=0.0,
-                          penalty="neg_ce" if penalty == "none" else penalty, max_toxic_ce=None, logging_steps=10)
+                          penalty="unlikelihood" if penalty == "unlikelihood" else "neg_ce",
+                          ce_clip=8.0 if penalty == "neg_ce_clip8" else None, max_toxic_ce=None, logging_steps=10)
         try:
             out = train(base, root / "blocks", root / name, mask=None if penalty == "none" else root / "mask", config=cfg)
         except TrainingDiverged as e:
