@@ -102,6 +102,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(obj), f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -145,16 +145,18 @@ def _loss_curves(models: dict[str, str]) -> str | None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     drawn = False
-    for name, path in models.items():
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, path) in enumerate(models.items()):
         log = read_train_log(Path(path) / "train_log.jsonl") if path else []
         if not log:
             continue
         drawn = True
+        colour = cycle[k % len(cycle)]  # the same colour for a method in both panels
         axes[0].plot([r["step"] for r in log if r.get("benign_ce") is not None],
-                     [r["benign_ce"] for r in log if r.get("benign_ce") is not None], label=name)
+                     [r["benign_ce"] for r in log if r.get("benign_ce") is not None], label=name, color=colour)
         tox = [(r["step"], r["toxic_ce"]) for r in log if r.get("toxic_ce") is not None]
         if tox:
-            axes[1].plot(*zip(*tox), label=name)
+            axes[1].plot(*zip(*tox), label=name, color=colour)
     if not drawn:
         plt.close(fig)
         return None
@@ -260,5 +262,6 @@ def write_report(run, summary, methods, evals, models, masks, scores, blocks, to
     fd, tmp = tempfile.mkstemp(prefix=".report.", dir=run.root)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path

@@ -70,16 +70,18 @@ def suppression_loss(
     if toxic_mask is not None and toxic_mask.shape != labels.shape:
         raise InputError(f"toxic_mask must have the labels' shape {tuple(labels.shape)}, got {tuple(toxic_mask.shape)}")
 
-    targets = labels[:, 1:]
+    # Shift the labels, not the logits: position j of `targets` is the target predicted by logits[:, j]
+    # (the last position has none). Slicing the [B, T, V] logits would copy them.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     valid = targets != IGNORE_INDEX
     # Cross-entropy in float32 whatever the model's dtype: the penalty term is a small difference of large sums.
     ce = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        logits.reshape(-1, logits.size(-1)).float(),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     ).view_as(targets)
-    toxic = valid & toxic_mask[:, 1:].bool() if toxic_mask is not None else torch.zeros_like(valid)
+    toxic = valid & F.pad(toxic_mask[:, 1:].bool(), (0, 1), value=False) if toxic_mask is not None else torch.zeros_like(valid)
     benign = valid & ~toxic
 
     if penalty == "neg_ce":
