@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ifguide {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    # Verbs are listed in the order data flows through them; unknown modules come last.
+    order = ["foundation", "attribution", "selection", "evaluation", "baselines", "pipeline"]
+    rank = {name: k for k, name in enumerate(order)}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (rank.get(m.name, len(order)), m.name)):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")

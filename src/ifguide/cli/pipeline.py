@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=run)
 
-    d = sub.add_parser("demo", help="run the pipeline on the built-in demo world (CPU, offline, ~10 min)")
+    d = sub.add_parser("demo", help="run the pipeline on the built-in demo world (CPU, offline, ~2 min on 2 cores)")
     d.add_argument("--out", default="ifguide-demo", help="run directory (default: ./ifguide-demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of the demo world")
     d.add_argument("--quick", action="store_true", help="a smaller world and fewer seeds (a smoke test)")
