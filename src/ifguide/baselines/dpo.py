@@ -96,18 +96,9 @@ def _check_pair(rec: Any, where: str) -> dict:
 
 
 def _read_jsonl_pairs(path: Path) -> list[dict]:
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
-            pairs.append(_check_pair(rec, where))
-    return pairs
+    from ifguide.data.readers import iter_jsonl
+
+    return [_check_pair(rec, where) for where, rec in iter_jsonl(path)]
 
 
 def _tsv_columns(header: list[str], path: Path) -> tuple[int, list[int]]:

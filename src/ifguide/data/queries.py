@@ -22,12 +22,12 @@ blocks where every document follows an EOS.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ifguide.data.readers import iter_jsonl
 from ifguide.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -131,28 +131,20 @@ def read_queries(
     if not path.is_file():
         raise InputError(f"{path}: no such query file")
     out = QuerySet(sources=[str(path)])
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "prompt" not in rec or "continuation" not in rec:
-                raise InputError(f"{where}: expected an object with 'prompt' and 'continuation'")
-            prompt, _ = _text_and_toxicity(rec["prompt"], "prompt", where)
-            continuation, toxicity = _text_and_toxicity(rec["continuation"], "continuation", where)
-            if not continuation:
-                raise InputError(f"{where}: empty continuation (the query loss is over continuation tokens)")
-            label = _label_of(rec, toxicity, where, toxic_min=toxic_min, safe_max=safe_max, default_label=default_label)
-            if label is None:
-                out.dropped_between_thresholds += 1
-                continue
-            if require_label is not None and label != require_label:
-                raise InputError(f"{where}: a {label} query in a file of {require_label} queries")
-            out.queries.append(Query(prompt, continuation, label, where))
+    for where, rec in iter_jsonl(path):
+        if not isinstance(rec, dict) or "prompt" not in rec or "continuation" not in rec:
+            raise InputError(f"{where}: expected an object with 'prompt' and 'continuation'")
+        prompt, _ = _text_and_toxicity(rec["prompt"], "prompt", where)
+        continuation, toxicity = _text_and_toxicity(rec["continuation"], "continuation", where)
+        if not continuation:
+            raise InputError(f"{where}: empty continuation (the query loss is over continuation tokens)")
+        label = _label_of(rec, toxicity, where, toxic_min=toxic_min, safe_max=safe_max, default_label=default_label)
+        if label is None:
+            out.dropped_between_thresholds += 1
+            continue
+        if require_label is not None and label != require_label:
+            raise InputError(f"{where}: a {label} query in a file of {require_label} queries")
+        out.queries.append(Query(prompt, continuation, label, where))
     if not out.queries:
         raise InputError(f"{path}: no usable queries (toxic_min={toxic_min}, safe_max={safe_max})")
     return out

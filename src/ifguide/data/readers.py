@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ifguide.errors import InputError
 
@@ -97,16 +98,25 @@ def _record_to_document(rec, source: int, where: str, field: str) -> Document:
     return Document(text=text, source=source, toxic_spans=spans, toxic=toxic)
 
 
-def _iter_jsonl(path: Path, source: int, field: str) -> Iterator[Document]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """Yield ``("FILE:LINE", record)`` for every non-blank line of a jsonl file.
+
+    A line that is not JSON is an :class:`InputError` naming the file and line; nothing is skipped.
+    """
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{lineno}"
             try:
-                rec = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            yield _record_to_document(rec, source, f"{path}:{lineno}", field)
+                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
+
+
+def _iter_jsonl(path: Path, source: int, field: str) -> Iterator[Document]:
+    for where, rec in iter_jsonl(path):
+        yield _record_to_document(rec, source, where, field)
 
 
 def _iter_parquet(path: Path, source: int, field: str) -> Iterator[Document]:
