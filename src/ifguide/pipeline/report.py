@@ -45,7 +45,7 @@ def _method_stages(method: str, masks: dict) -> list[str]:
     """Stages whose time a method adds on top of the base model and its evaluation."""
     from ifguide.pipeline.run import MASKED_METHODS, RAD_METHODS
 
-    stages = [f"models/{method}", f"eval/{method}"]
+    stages = [f"rows/{method}", f"models/{method}", f"eval/{method}"]
     spec = MASKED_METHODS.get(method)
     if spec:
         mask = spec["mask"]

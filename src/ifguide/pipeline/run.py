@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ifguide.artifacts import fingerprint_json, read_meta, sha256_file, write_json
+from ifguide.artifacts import read_meta, sha256_file
 from ifguide.errors import InputError
 from ifguide.pipeline.config import PipelineConfig
 from ifguide.pipeline.stages import StageRunner, artifact_fingerprint
@@ -64,6 +64,7 @@ class Run:
 
     cfg: PipelineConfig
     stages: StageRunner
+    _tokenizer_fps: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -86,9 +87,12 @@ class Run:
         return str(self.stages.run("tokenizer", key, build))
 
     def tokenizer_fp(self, tok: str) -> str:
+        """Fingerprint of a tokenizer, loaded once per run (several stage keys need it)."""
         from ifguide.models import fingerprint_tokenizer, load_tokenizer
 
-        return fingerprint_tokenizer(load_tokenizer(tok))
+        if tok not in self._tokenizer_fps:
+            self._tokenizer_fps[tok] = fingerprint_tokenizer(load_tokenizer(tok))
+        return self._tokenizer_fps[tok]
 
     def blocks(self, tok: str, name: str = "blocks", data: list[str] | None = None) -> str:
         cfg = self.cfg
@@ -399,33 +403,22 @@ def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
 def _filtered_model(run: Run, method: str, start: str, base: str, blocks: str, tok: str, like_mask: str, scores: str | None) -> str:
     """Train on the corpus minus documents a filter drops, at IF-Guide's token budget."""
     try:
-        from ifguide.baselines import filtering
+        from ifguide.baselines.filtering import filter_to_artifact, read_rows
     except ImportError as e:  # pragma: no cover - depends on the optional module being present
         raise InputError(f"method {method}: the filtering baselines are unavailable ({e})") from None
-    from ifguide.data.blocks import Blocks
-    from ifguide.models import load_tokenizer
-    from ifguide.selection.masks import read_mask
 
-    budget = int(np.count_nonzero(read_mask(like_mask)[0]))
-    b = Blocks.open(blocks)
-    key = {"blocks": b.fingerprint, "budget": budget, "method": method, "scores": artifact_fingerprint(scores) if scores else None,
-           "scorer": run.cfg.evaluation.scorer}
-    rows_file = run.root / "rows" / f"{method}-{fingerprint_json(key)[:12]}.npy"
-    if not rows_file.is_file():
-        if method == "filter-scorer":
-            from ifguide.evaluation.scorers import get_scorer
+    by_scorer = method == "filter-scorer"
 
-            rows, info = filtering.rows_without_flagged_documents(b, get_scorer(run.cfg.evaluation.scorer), budget,
-                                                                  tokenizer=load_tokenizer(tok))
-        else:
-            rows, info = filtering.rows_without_top_influence_documents(scores, budget, blocks=b)
-        rows_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = rows_file.parent / f".{rows_file.name}.tmp.npy"
-        np.save(tmp, np.asarray(rows, dtype=np.int64))
-        os.replace(tmp, rows_file)
-        write_json(rows_file.with_suffix(".json"), info)
-    rows = np.load(rows_file).tolist()
-    config = run.method_train_config(base, rows=rows)
+    def build(out: Path) -> None:
+        filter_to_artifact(blocks, out, like_mask=like_mask, tokenizer=tok,
+                           scorer=run.cfg.evaluation.scorer if by_scorer else None,
+                           scores=None if by_scorer else scores)
+
+    key = {"blocks": artifact_fingerprint(blocks), "like_mask": artifact_fingerprint(like_mask),
+           "scorer": run.cfg.evaluation.scorer if by_scorer else None,
+           "scores": None if by_scorer else artifact_fingerprint(scores)}
+    rows_dir = run.stages.run(f"rows/{method}", key, build)
+    config = run.method_train_config(base, rows=read_rows(rows_dir, blocks).tolist())
     return run.train_stage(f"models/{method}", start, blocks, config)
 
 
