@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def reference_loss(logits, labels, toxic_mask, lam, penalty="neg_ce", ce_clip=No
 @pytest.mark.parametrize("lam", [0.0, 0.5, 1.0, 3.0])
 @pytest.mark.parametrize("penalty", ["neg_ce", "unlikelihood"])
 def test_matches_loop_reference(shape, lam, penalty):
-    g = torch.Generator().manual_seed(hash((shape, lam, penalty)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, lam, penalty)).encode()))  # str hashes vary per process
     B, T, V = shape
     logits = torch.randn(B, T, V, generator=g) * 3
     labels = torch.randint(0, V, (B, T), generator=g)

@@ -20,6 +20,7 @@ Shapes and alignment (the same convention as scores and masks, see ``ifguide.dat
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,22 @@ class LossParts(NamedTuple):
     toxic_ce_sum: torch.Tensor  # Σ CE over toxic targets (detached)
     n_benign: torch.Tensor
     n_toxic: torch.Tensor
+
+
+def _log_one_minus_p(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """log(1 − p(target)) at the positions ``where`` (0 elsewhere), clamped at log(_UL_EPS).
+
+    Computed as logsumexp over the other tokens minus logsumexp over all, not as
+    log(1 − exp(−CE)): when the model is confident, CE is tiny and float32 loses most of its digits.
+    """
+    flat_where = where.reshape(-1).nonzero().squeeze(1)
+    out = torch.zeros(where.numel(), dtype=torch.float32, device=logits.device)
+    if flat_where.numel():
+        rows = logits.reshape(-1, logits.size(-1))[flat_where].float()
+        others = rows.scatter(1, targets.reshape(-1)[flat_where, None], float("-inf"))
+        value = torch.logsumexp(others, dim=1) - torch.logsumexp(rows, dim=1)
+        out = out.index_put((flat_where,), torch.clamp(value, min=math.log(_UL_EPS)))
+    return out.view_as(where)
 
 
 def suppression_loss(
@@ -87,8 +104,7 @@ def suppression_loss(
     if penalty == "neg_ce":
         toxic_term = -lam * (ce if ce_clip is None else torch.clamp(ce, max=ce_clip))
     else:
-        log_one_minus_p = torch.log(torch.clamp(-torch.expm1(-ce), min=_UL_EPS))
-        toxic_term = -lam * log_one_minus_p
+        toxic_term = -lam * _log_one_minus_p(logits, targets, toxic)
     total = torch.where(benign, ce, torch.zeros_like(ce)).sum() + torch.where(toxic, toxic_term, torch.zeros_like(ce)).sum()
     denominator = valid.sum() if num_targets is None else num_targets
     if not torch.is_tensor(denominator):
