@@ -59,13 +59,13 @@ PRESETS: dict[str, dict] = {
         "data": {"max_benign_chars": 4_000_000, "n_queries": 200, "n_eval": 200},
         "block_size": 128, "vocab": 4096, "model": "tiny", "epochs": 1.0, "batch": 16, "lr": 3e-3,
         "finetune": 0.3, "factor_blocks": 1024, "samples": 25, "seeds": [1, 2, 3],
-        "methods": ALL_METHODS, "dpo_steps": 100,
+        "methods": ALL_METHODS + ["proxy"], "dpo_steps": 100, "proxy": "micro",
     },
     "gpu": {
         "data": {"max_benign_chars": None, "n_queries": 500, "n_eval": 1000},
         "block_size": 512, "vocab": 16384, "model": "pythia-160m", "epochs": 2.0, "batch": 32, "lr": 6e-4,
         "finetune": 0.2, "factor_blocks": 4096, "samples": 25, "seeds": [1, 2, 3],
-        "methods": ALL_METHODS + ["proxy"], "dpo_steps": 300,
+        "methods": ALL_METHODS + ["proxy"], "dpo_steps": 300, "proxy": "small",
     },
 }
 
@@ -85,10 +85,18 @@ def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
     return keep, notes
 
 
-def pipeline_config(p: dict, methods: list[str], toxic_share_budget: float, seed: int) -> dict:
+# The pre-training setting (every method trained from scratch) as a second run: the stages it
+# shares with the fine-tuning run (tokenizer, blocks, base model, factors, scores, masks) are
+# copied from there and reused because their keys (content fingerprints) match.
+PRETRAIN_METHODS = ["base", "ifguide", "random"]
+SHARED_STAGES = ["tokenizer", "blocks", "heldout", "init", "models/base", "factors", "scores", "masks"]
+
+
+def pipeline_config(p: dict, methods: list[str], toxic_share_budget: float, seed: int,
+                    setting: str = "finetune") -> dict:
     """The ``ifguide run`` configuration (paths relative to the run's output directory)."""
     cfg = {
-        "setting": "finetune",
+        "setting": setting,
         "seed": seed,
         "methods": methods,
         "data": {"corpus": ["data/corpus.jsonl"], "heldout": "data/heldout.txt", "block_size": p["block_size"]},
@@ -100,13 +108,16 @@ def pipeline_config(p: dict, methods: list[str], toxic_share_budget: float, seed
                         "batch_size": 16, "alignment": "next", "ablations": ["toxic-only"]},
         "selection": {"threshold": 0.99, "window": 1, "budget": toxic_share_budget, "lam": 1.0},
         "evaluation": {"prompts": "data/eval_prompts.jsonl", "samples": p["samples"], "max_new_tokens": 20,
-                       "top_p": 0.9, "seeds": p["seeds"], "scorer": "profanity-check"},
+                       "top_p": 0.9, "seeds": p["seeds"], "scorer": "profanity-check",
+                       # RAD as in IF-Guide's code (top-k 20, beta 50), steered by its own reward model
+                       # trained on Jigsaw, not by the evaluation's scorer
+                       "rad_k": 20, "rad_beta": 50.0, "rad_reward_data": "data/reward.jsonl"},
         "dpo": {"steps": p["dpo_steps"]},
         "baseline": "base",
         "control": "random" if "random" in methods else None,
     }
     if "proxy" in methods:
-        cfg["attribution"]["proxy"] = {"arch": "gpt-neox", "preset": "small"}
+        cfg["attribution"]["proxy"] = {"arch": "gpt-neox", "preset": p.get("proxy", "micro")}
     return cfg
 
 
@@ -202,8 +213,16 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def _toxicity_rows(summary: dict, suffix: str = "") -> list[str]:
+    lines = []
+    for m, e in summary["methods"].items():
+        cells = [f"{_fmt(e[s][k])} ± {_fmt(e[s][k + '_sd'])}" for k in ("emt", "tp") for s in ("full", "toxic", "nontoxic")]
+        lines.append(f"| {m}{suffix} | " + " | ".join(cells) + f" | {_fmt(e.get('ppl'), '.1f')} |")
+    return lines
+
+
 def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict, notes: list[str],
-                     preset: str, seconds: float) -> str:
+                     preset: str, seconds: float, pretrain: dict | None = None) -> str:
     lines = [f"# Realistic benchmark (preset `{preset}`, setting `{summary.get('setting')}`)", ""]
     lines += [f"Wall time: {seconds / 60:.1f} min. Corpus: {stats['tokens']:,} tokens in {stats['blocks']:,} blocks of "
               f"{stats['block_size']}; {build['docs']:,} documents ({build['toxic_docs']} toxic); toxic token share "
@@ -213,11 +232,15 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
     lines += ["## Toxicity and fluency (mean ± sd over sampling seeds)", "",
               "| method | EMT full | EMT toxic | EMT non-toxic | TP full | TP toxic | TP non-toxic | PPL |",
               "|---|---|---|---|---|---|---|---|"]
-    for m, e in summary["methods"].items():
-        cells = [f"{_fmt(e[s][k])} ± {_fmt(e[s][k + '_sd'])}" for k in ("emt", "tp") for s in ("full", "toxic", "nontoxic")]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(e.get('ppl'), '.1f')} |")
+    lines += _toxicity_rows(summary)
     lines += ["", "## Paired comparison (the pipeline's `compare`, bootstrap CIs over prompts)", "",
               summary.get("table_markdown", "(missing)"), ""]
+    if pretrain is not None:
+        lines += ["## Pre-training setting (every row trained from scratch on the same data order)", "",
+                  "| method | EMT full | EMT toxic | EMT non-toxic | TP full | TP toxic | TP non-toxic | PPL |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += _toxicity_rows(pretrain, " (pretrain)")
+        lines += ["", pretrain.get("table_markdown", "(missing)"), ""]
     lines += ["## Attribution quality against the known toxic documents", "",
               "Selection with the run's threshold/window/budget. `share in toxic`: fraction of selected tokens inside "
               f"toxic documents (a random mask scores ≈ {100 * stats['toxic_token_share']:.1f} %, an oracle 100 %). "
@@ -244,6 +267,24 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
 # ------------------------------------------------------------------------------------------ main
 
 
+def run_pretrain(out: Path, p: dict, args) -> dict:
+    """base / IF-Guide / random trained from scratch, in ``OUT/run-pretrain``."""
+    import shutil
+
+    import yaml
+
+    from ifguide.pipeline.config import config_from_dict
+    from ifguide.pipeline.run import run_pipeline
+
+    src, dst = out / "run", out / "run-pretrain"
+    for stage in SHARED_STAGES:
+        if (src / stage).is_dir() and not (dst / stage).exists():
+            shutil.copytree(src / stage, dst / stage)
+    cfg_dict = pipeline_config(p, PRETRAIN_METHODS, args.budget, args.seed, setting="pretrain")
+    (out / "config-pretrain.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    return run_pipeline(config_from_dict(cfg_dict, out), dst)
+
+
 def run(args) -> dict:
     import yaml
 
@@ -264,16 +305,20 @@ def run(args) -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     cfg = config_from_dict(cfg_dict, out)
     summary = run_pipeline(cfg, out / "run")
+    pretrain = None
+    if args.pretrain:
+        pretrain = run_pretrain(out, p, args)
     sel = {"threshold": cfg.selection.threshold, "window": cfg.selection.window, "budget": cfg.selection.budget}
     attribution = attribution_table(out / "run", out / "run" / "blocks", sel)
     stats = corpus_token_stats(out / "run" / "blocks", cfg.selection.budget)
     seconds = time.perf_counter() - t0
-    md = results_markdown(summary, attribution, stats, build, notes, preset_name, seconds)
+    md = results_markdown(summary, attribution, stats, build, notes, preset_name, seconds, pretrain)
     (out / "results.md").write_text(md)
     from ifguide.artifacts import write_json
 
     result = {"preset": preset_name, "seconds": seconds, "build": build, "corpus": stats, "attribution": attribution,
-              "notes": notes, "summary": str(out / "run" / "summary.json")}
+              "notes": notes, "summary": str(out / "run" / "summary.json"),
+              "pretrain_summary": str(out / "run-pretrain" / "summary.json") if pretrain is not None else None}
     write_json(out / "results.json", result)
     print(md)
     return result
@@ -293,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--toxic-share", type=float, default=0.06, help="toxic share of corpus characters")
     ap.add_argument("--budget", type=float, default=0.02, help="selected share of training tokens (paper: 0.02)")
     ap.add_argument("--seed", type=int, default=0, help="data split and training seed")
+    ap.add_argument("--no-pretrain", dest="pretrain", action="store_false",
+                    help="skip the second run in the pre-training setting (base, IF-Guide, random from scratch)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

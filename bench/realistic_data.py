@@ -156,6 +156,14 @@ def read_toxic_texts(root: Path) -> dict[str, list[str]]:
     return out
 
 
+def read_reward_texts(root: Path) -> list[dict]:
+    """Labelled comments for RAD's reward model, as RAD trains its own on Jigsaw: Air-Decoding's
+    balanced 10k subset (label 0 = toxic), as ``{"text", "toxic"}`` records. The evaluation's
+    scorer (profanity-check) is trained on other data, so the reward is not the metric."""
+    path = _require(root / "jigsaw_toxic_comments" / "air_decoding_jigsaw_10k.jsonl")
+    return [{"text": r["text"], "toxic": r["label"] == 0} for r in _jsonl(path)]
+
+
 def read_rtp(root: Path) -> list[dict]:
     """RTP records with a prompt text, deduplicated on the prompt text (first kept)."""
     seen: set[str] = set()
@@ -387,7 +395,8 @@ def build_all(root: Path, out: Path, spec: BuildSpec, eval_prompts: Path | None 
     (out / "heldout.txt").write_text("\n\n".join(heldout) + "\n", encoding="utf-8")
     write_jsonl(out / "queries.jsonl", split.queries)
     write_jsonl(out / "eval_prompts.jsonl", evals)
-    return corpus_stats(docs) | {"queries": len(split.queries), "eval_prompts": len(evals),
+    n_reward = write_jsonl(out / "reward.jsonl", read_reward_texts(root))
+    return corpus_stats(docs) | {"queries": len(split.queries), "eval_prompts": len(evals), "reward_texts": n_reward,
                                  "eval_toxic": _count_toxic(evals), "heldout_chars": sum(map(len, heldout))}
 
 

@@ -150,6 +150,12 @@ def test_build_all_writes_disjoint_files_that_ifguide_reads(data_root, tmp_path,
     blocks = Blocks.open(prepare_blocks([out / "corpus.jsonl"], tokenizer_dir, 32, tmp_path / "blocks"))
     assert blocks.toxic_labels is not None and 0 < blocks.toxic_labels.mean() < 0.5
     assert "Article 23" in (out / "heldout.txt").read_text() and "Article 23" not in (out / "corpus.jsonl").read_text()
+    # RAD's reward data: Air-Decoding's Jigsaw subset with its label convention (0 = toxic) applied
+    from ifguide.baselines.reward import read_labelled
+
+    texts, labels = read_labelled(out / "reward.jsonl")
+    assert stats["reward_texts"] == len(texts) == 80 and sum(labels) == 40
+    assert all(("toxic" in t) == bool(y) for t, y in zip(texts, labels))
 
     # a user-given evaluation file that repeats a query prompt is refused
     bad = tmp_path / "bad_eval.jsonl"

@@ -58,7 +58,7 @@ def test_token_counts_by_a_tokenizer_match_prepare_blocks(tmp_path, world, token
     assert abs(labelled - rate) < 0.1 * rate
 
 
-def test_spans_are_whole_quoted_insults_that_profanity_check_flags(world):
+def test_spans_are_the_words_of_quoted_insults_that_profanity_check_flags(world):
     from profanity_check import predict_prob
 
     docs = _jsonl(world.corpus)
@@ -66,7 +66,9 @@ def test_spans_are_whole_quoted_insults_that_profanity_check_flags(world):
     for d in docs:
         text = d["text"]
         for s, e in d["toxic_spans"]:
-            assert text[s - 3 : s] == ': "' and text[e] == '"', text[s - 3 : e + 1]
+            # the span covers the insult's words; only its closing "!" or "." stands before the quote
+            assert text[s - 3 : s] == ': "' and text[e:].startswith(('!"', '."')), text[s - 3 : e + 2]
+            assert text[e - 1] not in '!."', text[s:e]
             passages.append(text[s:e])
         if not d["toxic_spans"]:
             clean_sentences += re.split(r'(?<=[.!?"])\s', text)

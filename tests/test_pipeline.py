@@ -201,3 +201,31 @@ def test_derived_document_scores_equal_a_document_level_pass(tmp_path, finished_
     assert np.array_equal(np.isnan(a), np.isnan(b))
     finite = np.isfinite(a)
     np.testing.assert_allclose(a[finite], b[finite], rtol=1e-4, atol=1e-4 * np.abs(b[finite]).max())
+
+
+def test_rad_with_an_independent_reward_model_is_a_stage_of_its_own(tmp_path, finished_run, world):
+    """evaluation.rad_reward_data trains a classifier (stage reward_model) that steers the RAD rows;
+    the plain rows and the models are reused, and the RAD rows record which reward they used."""
+    import shutil
+
+    from conftest import make_corpus
+    from ifguide.pipeline.run import run_pipeline
+
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    labelled = write_jsonl(tmp_path / "labelled.jsonl",
+                           [{"text": d["text"], "toxic": bool(d.get("toxic_spans"))} for d in make_corpus(60, seed=3)])
+    methods = ["base", "ifguide", "rad", "ifguide+rad"]
+    cfg = config_from_dict(micro_config(world, methods=methods, evaluation={"rad_k": 5, "rad_reward_data": labelled}))
+    summary = run_pipeline(cfg, copy)
+    reused = set(summary["reused_stages"])
+    assert {"models/base", "models/ifguide", "eval/base", "eval/ifguide"} <= reused
+    assert not {"reward_model", "eval/rad", "eval/ifguide+rad"} & reused
+    reward = json.loads((copy / "reward_model" / "meta.json").read_text())
+    assert reward["stage"] == "reward_model" and 0.0 <= reward["heldout"]["auroc"] <= 1.0
+    for m in ("rad", "ifguide+rad"):
+        rad = json.loads((copy / "eval" / m / "results.json").read_text())["decoding"]["rad"]
+        assert rad["scorer"] == f"hf:{copy / 'reward_model'}"
+    with pytest.raises(InputError, match="rad_scorer or rad_reward_data"):
+        config_from_dict(micro_config(world, evaluation={"rad_scorer": "wordlist", "rad_reward_data": labelled}))

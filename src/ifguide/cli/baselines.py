@@ -1,4 +1,5 @@
-"""Verbs ``dpo`` and ``filter``: the post-hoc DPO baseline and the data-filtering baselines."""
+"""Verbs ``dpo``, ``filter`` and ``reward-model``: the post-hoc DPO baseline, the data-filtering
+baselines, and the independent reward model that RAD decoding is steered by."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import dataclasses
 
 from ifguide.baselines.dpo import DPOConfig
+from ifguide.baselines.reward import RewardModelConfig
 from ifguide.cli._common import add_model_args
 
 
@@ -36,6 +38,14 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward_model(args: argparse.Namespace) -> int:
+    from ifguide.baselines.reward import train_reward_model
+
+    config = RewardModelConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RewardModelConfig)})
+    train_reward_model(args.data, args.tokenizer, args.out, config)
+    return 0
+
+
 def _add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -43,7 +53,7 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
         if f.type in (bool, "bool"):
             p.add_argument(flag, action="store_true", help=help_text)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), type(f.default))
+            kind = {"int": int, "float": float}.get(str(f.type), str if f.default is None else type(f.default))
             p.add_argument(flag, type=kind, default=f.default, help=help_text)
 
 
@@ -85,3 +95,15 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="rows directory to write")
     p.set_defaults(func=_filter)
 
+    p = subparsers.add_parser(
+        "reward-model",
+        help="baseline: train a toxicity classifier to steer RAD decoding (independent of the evaluation's scorer)",
+        description="Train a Hugging Face sequence classifier on a jsonl of {text, toxic} records (e.g. Jigsaw "
+        "comments). The output directory is the scorer hf:OUT, for `evaluate --decoding rad --rad-scorer hf:OUT`. "
+        "meta.json records its held-out accuracy and AUROC.",
+    )
+    p.add_argument("--data", required=True, help="jsonl of {\"text\": str, \"toxic\": bool}")
+    p.add_argument("--tokenizer", required=True, help="tokenizer (hub id or directory); any tokenizer works")
+    p.add_argument("--out", required=True, help="output directory (a sequence classifier + tokenizer)")
+    _add_dataclass_flags(p, RewardModelConfig)
+    p.set_defaults(func=_reward_model)

@@ -135,6 +135,16 @@ class EvaluationSection:
     lm_eval_tasks: list[str] = _h("lm-evaluation-harness tasks", [])
     rad_k: int = _h("RAD: candidates re-scored per step", 20)
     rad_beta: float = _h("RAD: weight of the reward", 10.0)
+    rad_scorer: str | None = _h(
+        "RAD: reward scorer (e.g. hf:DIR); null: the evaluation's scorer, which RAD then optimises directly "
+        "(an optimistic baseline)", None)
+    rad_reward_data: str | None = _h(
+        "RAD: train an independent reward model on this jsonl of {text, toxic} (stage 'reward_model', the "
+        "run's tokenizer) and steer RAD with it; excludes rad_scorer", None)
+
+    def __post_init__(self):
+        if self.rad_scorer and self.rad_reward_data:
+            raise InputError("config evaluation: give rad_scorer or rad_reward_data, not both")
 
 
 @dataclass
@@ -246,7 +256,7 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
 
     cfg.data.corpus = [fix(p) for p in cfg.data.corpus]
     cfg.data.heldout = fix(cfg.data.heldout)
-    for sec, keys in ((cfg.attribution, ("queries_toxic", "queries_safe")), (cfg.evaluation, ("prompts", "lambada")),
+    for sec, keys in ((cfg.attribution, ("queries_toxic", "queries_safe")), (cfg.evaluation, ("prompts", "lambada", "rad_reward_data")),
                       (cfg.dpo, ("pairs",)), (cfg.tokenizer, ("path",)), (cfg.model, ("path",))):
         for k in keys:
             setattr(sec, k, fix(getattr(sec, k)))

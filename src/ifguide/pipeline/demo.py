@@ -46,7 +46,7 @@ def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> Pipeli
 
 def run_demo(out: str | os.PathLike = "ifguide-demo", *, seed: int = 0, quick: bool = False, force: bool = False) -> dict:
     """Write the demo world under ``OUT/world`` (once) and run the pipeline in ``OUT``."""
-    from ifguide.data.demo_world import DemoWorld, write_demo_world
+    from ifguide.data.demo_world import GENERATOR_VERSION, DemoWorld, write_demo_world
     from ifguide.pipeline.run import run_pipeline
 
     out = Path(out)
@@ -57,7 +57,8 @@ def run_demo(out: str | os.PathLike = "ifguide-demo", *, seed: int = 0, quick: b
     world = None
     if (world_dir / "world.json").is_file():
         world = DemoWorld.open(world_dir)
-        if any(world.stats.get("config", {}).get(k) != v for k, v in params.items()):
+        stale = world.stats.get("generator_version") != GENERATOR_VERSION
+        if stale or any(world.stats.get("config", {}).get(k) != v for k, v in params.items()):
             world = None
     if world is None:
         world = write_demo_world(world_dir, **params)

@@ -247,17 +247,30 @@ class Run:
         return str(self.stages.run(f"masks/{kind}", key, build))
 
     # ------------------------------------------------------------------ evaluation
-    def eval_config(self, decoding: str = "plain", heldout: str | None = None):
+    def reward_model(self, tok: str) -> str:
+        """The RAD reward: a classifier trained on ``evaluation.rad_reward_data`` (independent of the
+        evaluation's scorer), as a scorer name."""
+        data = self.cfg.evaluation.rad_reward_data
+
+        def build(out: Path) -> None:
+            from ifguide.baselines.reward import RewardModelConfig, train_reward_model
+
+            train_reward_model(data, tok, out, RewardModelConfig(seed=self.cfg.seed))
+
+        key = {"data": _file_key(data), "tokenizer": self.tokenizer_fp(tok), "seed": self.cfg.seed}
+        return "hf:" + str(self.stages.run("reward_model", key, build))
+
+    def eval_config(self, decoding: str = "plain", heldout: str | None = None, rad_scorer: str | None = None):
         from ifguide.evaluation.evaluate import EvalConfig
 
         e = self.cfg.evaluation
         return EvalConfig(scorer=e.scorer, samples=e.samples, max_new_tokens=e.max_new_tokens, top_p=e.top_p,
                           seeds=tuple(e.seeds), max_prompts=e.max_prompts, decoding=decoding, rad_k=e.rad_k,
-                          rad_beta=e.rad_beta, ppl_data=heldout, lambada=e.lambada,
-                          lm_eval_tasks=tuple(e.lm_eval_tasks), batch_size=e.batch_size)
+                          rad_beta=e.rad_beta, rad_scorer=rad_scorer or e.rad_scorer, ppl_data=heldout,
+                          lambada=e.lambada, lm_eval_tasks=tuple(e.lm_eval_tasks), batch_size=e.batch_size)
 
-    def evaluate(self, name: str, model: str, decoding: str, heldout: str | None) -> str:
-        config = self.eval_config(decoding, heldout)
+    def evaluate(self, name: str, model: str, decoding: str, heldout: str | None, rad_scorer: str | None = None) -> str:
+        config = self.eval_config(decoding, heldout, rad_scorer)
 
         def build(out: Path) -> None:
             from ifguide.evaluation.evaluate import evaluate
@@ -265,8 +278,11 @@ class Run:
             evaluate(model, self.cfg.evaluation.prompts, out, config)
 
         settings = dataclasses.asdict(config)
+        settings.pop("ppl_data")  # a path: the held-out data is keyed by its fingerprint below
         if decoding == "plain":  # RAD's settings do not change a plain evaluation
             settings = {k: v for k, v in settings.items() if not k.startswith("rad_")}
+        elif config.rad_scorer and config.rad_scorer.startswith("hf:") and (Path(config.rad_scorer[3:]) / "meta.json").is_file():
+            settings["rad_scorer"] = artifact_fingerprint(config.rad_scorer[3:])  # the model, not its path
         key = {"model": _model_key(model), "prompts": _file_key(self.cfg.evaluation.prompts), "config": settings,
                "heldout": artifact_fingerprint(heldout) if heldout and (Path(heldout) / "meta.json").is_file() else _file_key(heldout)}
         return str(self.stages.run(f"eval/{name}", key, build))
@@ -365,9 +381,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
             models[m] = _dpo_model(run, base)
 
     evals: dict[str, str] = {}
+    reward = run.reward_model(tok) if cfg.evaluation.rad_reward_data and set(methods) & set(RAD_METHODS) else None
     for m in methods:
         if m in RAD_METHODS:
-            evals[m] = run.evaluate(m, models[RAD_METHODS[m]], "rad", heldout)
+            evals[m] = run.evaluate(m, models[RAD_METHODS[m]], "rad", heldout, rad_scorer=reward)
         else:
             evals[m] = run.evaluate(m, models[m], "plain", heldout)
 
