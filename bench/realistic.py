@@ -89,7 +89,7 @@ def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
 # shares with the fine-tuning run (tokenizer, blocks, base model, factors, scores, masks) are
 # copied from there and reused because their keys (content fingerprints) match.
 PRETRAIN_METHODS = ["base", "ifguide", "random"]
-SHARED_STAGES = ["tokenizer", "blocks", "heldout", "init", "models/base", "factors", "scores", "masks"]
+SHARED_STAGES = ["tokenizer", "blocks", "heldout", "init", "models/base", "factors", "scores", "masks", "eval/base"]
 
 
 def pipeline_config(p: dict, methods: list[str], toxic_share_budget: float, seed: int,
@@ -221,10 +221,22 @@ def _toxicity_rows(summary: dict, suffix: str = "") -> list[str]:
     return lines
 
 
+def _own_stages(pretrain: dict) -> dict[str, float]:
+    """Stage times of the pre-training run without those it shares with the fine-tuning run."""
+    return {k: v for k, v in pretrain.get("stage_seconds", {}).items()
+            if not any(k == s or k.startswith(s + "/") for s in SHARED_STAGES)}
+
+
 def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict, notes: list[str],
                      preset: str, seconds: float, pretrain: dict | None = None) -> str:
     lines = [f"# Realistic benchmark (preset `{preset}`, setting `{summary.get('setting')}`)", ""]
-    lines += [f"Wall time: {seconds / 60:.1f} min. Corpus: {stats['tokens']:,} tokens in {stats['blocks']:,} blocks of "
+    stage_min = sum(summary.get("stage_seconds", {}).values()) / 60
+    pre_own = _own_stages(pretrain) if pretrain else {}
+    pre_min = sum(pre_own.values()) / 60
+    lines += [f"Wall time of this invocation: {seconds / 60:.1f} min (finished stages are reused). Sum of stage "
+              f"times, the cost of a fresh run: {stage_min:.1f} min (fine-tuning run)"
+              + (f" + {pre_min:.1f} min (pre-training run) = {stage_min + pre_min:.1f} min" if pretrain else "") + ".", ""]
+    lines += [f"Corpus: {stats['tokens']:,} tokens in {stats['blocks']:,} blocks of "
               f"{stats['block_size']}; {build['docs']:,} documents ({build['toxic_docs']} toxic); toxic token share "
               f"{100 * stats['toxic_token_share']:.2f} %; budget {100 * stats['budget']:.1f} % of tokens = "
               f"{_fmt(stats['budget_over_toxic_mass'], '.2f')}× the toxic token mass. Queries: {build['queries']} "
@@ -259,6 +271,8 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
             lines.append(f"\n{variant}: {verdict} (token AUROC next − same = {gap:+.4f}).")
     lines += ["", "## Stage times (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary.get("stage_seconds", {}).items()]
+    if pretrain:
+        lines += [f"| pre-training run: {k} | {v:.0f} |" for k, v in pre_own.items()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -77,3 +77,51 @@ def test_evaluate_with_rad_decoding(tmp_path, model_dir):
     results = evaluate(model_dir, prompts, tmp_path / "ev", cfg)
     assert results["decoding"]["rad"] == {"k": 4, "beta": 5.0, "scorer": "wordlist", "outside": "mask"}
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["decoding"]["method"] == "rad"
+
+
+def _causal_classifier(tokenizer_dir, arch: str):
+    """A micro causal sequence classifier (random weights) sharing the language model's tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ifguide.evaluation.scorers import HFClassifierScorer
+    from ifguide.models import make_config
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = make_config(arch, "micro", len(tok), bos_id=tok.eos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    cfg.num_labels = 2
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    return HFClassifierScorer(model, tok, toxic_index=1, name="micro"), model, tok
+
+
+@pytest.mark.parametrize("arch", ["gpt-neox", "llama"])
+def test_cached_reward_equals_full_forward_passes_over_a_growing_continuation(tokenizer_dir, arch):
+    """The key/value-cached reward gives, at every step, what the classifier gives when it reads
+    each prompt-free text (continuation + candidate) from scratch."""
+    scorer, model, tok = _causal_classifier(tokenizer_dir, arch)
+    rad = RewardAugmentedLogits(tok, scorer, k=4)
+    assert rad.cached is not None  # a causal classifier with the same vocabulary: the fast path
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, len(tok), (3, 5), generator=g)
+    rad.reset(prompt.shape[1])
+    ids = prompt
+    for _ in range(4):
+        candidates = torch.randint(3, len(tok), (3, 4), generator=g)
+        fast = rad.candidate_toxicity(ids, candidates)
+        cont = ids[:, prompt.shape[1]:]
+        texts = torch.cat([cont.repeat_interleave(4, 0), candidates.reshape(-1, 1)], dim=1)
+        with torch.no_grad():  # equal lengths, no padding: every row is read as it is
+            ref = model(input_ids=texts).logits.softmax(-1)[:, 1].view(3, 4)
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+        ids = torch.cat([ids, candidates[:, :1]], dim=1)  # the sampled token: one per step
+
+
+def test_cached_reward_needs_a_causal_classifier_with_the_same_vocabulary(tokenizer_dir, corpus_path, tmp_path):
+    from ifguide.baselines.rad import CachedClassifierReward
+    from ifguide.data.tokenizer import train_tokenizer
+
+    scorer, _, tok = _causal_classifier(tokenizer_dir, "gpt-neox")
+    other = train_tokenizer([corpus_path], vocab_size=260, out=tmp_path / "other")
+    assert CachedClassifierReward.applies(scorer, tok) and not CachedClassifierReward.applies(scorer, other)
+    assert not CachedClassifierReward.applies(WordlistScorer(["stupid"]), tok)
+    assert RewardAugmentedLogits(tok, scorer, k=4, score_prompt=True).cached is None  # padded prompts: texts
