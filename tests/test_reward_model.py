@@ -66,5 +66,9 @@ def test_reward_model_refuses_bad_labels_with_exit_2_and_leaves_nothing(tmp_path
     assert main(["reward-model", "--data", one_class, "--tokenizer", tokenizer_dir, "--out", str(out)]) == 2
     assert main(["reward-model", "--data", one_class, "--tokenizer", tokenizer_dir, "--out", str(out),
                  "--heldout", "1.5"]) == 2
+    assert main(["reward-model", "--data", str(tmp_path / "missing.jsonl"), "--tokenizer", tokenizer_dir,
+                 "--out", str(out)]) == 2
+    good = write_jsonl(tmp_path / "good.jsonl", _labelled(10, seed=2))
+    assert main(["reward-model", "--data", good, "--tokenizer", str(tmp_path / "no-tokenizer"), "--out", str(out)]) == 2
     assert not out.exists()
     assert not any(p.name.startswith(("reward", ".reward")) for p in tmp_path.iterdir())

@@ -69,6 +69,8 @@ def read_labelled(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     """Texts and 0/1 labels of a JSON-lines file of ``{"text": str, "toxic": bool}``."""
     from ifguide.data.readers import iter_jsonl
 
+    if not Path(path).is_file():
+        raise InputError(f"--data {path}: no such file (expected JSON lines of {{\"text\": str, \"toxic\": bool}})")
     texts, labels = [], []
     for where, rec in iter_jsonl(Path(path)):
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
