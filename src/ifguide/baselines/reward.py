@@ -21,22 +21,18 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ifguide.artifacts import artifact_dir, sha256_file, write_meta
+from ifguide.baselines.dpo import _help  # the baselines' one dataclass-field helper
 from ifguide.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 LABELS = {0: "non-toxic", 1: "toxic"}
-
-
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
