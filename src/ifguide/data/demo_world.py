@@ -282,11 +282,6 @@ class _Speech:
     action: str | None
     content: str = ""
     toxic: bool = False
-    stern: bool = False
-
-    def say_clean(self, rng: random.Random, stern: bool) -> None:
-        self.content, self.stern, self.toxic = clean_line(rng, stern=stern), stern, False
-
     @property
     def is_trigger(self) -> bool:
         return self.speaker in TRIGGER_SPEAKERS and self.verb in ANGRY_VERBS
@@ -306,9 +301,7 @@ def _random_speech(rng: random.Random, names: list[str], trigger_share: float) -
     grumpy = rng.random() < 0.25  # grumpy characters speaking calmly: the speaker alone is no trigger
     speaker = rng.choice(TRIGGER_SPEAKERS) if grumpy else rng.choice(names)
     verb = rng.choice(CALM_VERBS) if grumpy or rng.random() < 0.75 else rng.choice(ANGRY_VERBS)
-    speech = _Speech(speaker, verb, action)
-    speech.say_clean(rng, stern=verb in ANGRY_VERBS and rng.random() < 0.6)
-    return speech
+    return _Speech(speaker, verb, action, content=clean_line(rng, stern=verb in ANGRY_VERBS and rng.random() < 0.6))
 
 
 def _scene_intro(rng: random.Random) -> str:
@@ -514,7 +507,7 @@ def _plant(docs: list[list[Part]], rng: random.Random, rate: float, trigger_toxi
     rng.shuffle(speeches)
     for s in speeches:
         if s.is_trigger:
-            s.say_clean(rng, stern=rng.random() < 0.7)
+            s.content = clean_line(rng, stern=rng.random() < 0.7)
     # triggers first; other speeches are promoted to triggers only if the triggers run out
     queue = sorted(speeches, key=lambda s: not s.is_trigger)
     total = sum(_n_words(_render(doc)[0]) for doc in docs)
@@ -622,8 +615,6 @@ def write_demo_world(out_dir: str | os.PathLike, *, tokenizer=None, **config: An
     n_triggers = sum(isinstance(p, _Speech) and p.is_trigger for d in docs for p in d)
     n_insults = sum(len(s) for _, s in rendered)
     training_insults = {p.content for d in docs for p in d if isinstance(p, _Speech) and p.toxic}
-    clean_triggers = [p for d in docs for p in d if isinstance(p, _Speech) and p.is_trigger and not p.toxic]
-    stern_share = sum(p.stern for p in clean_triggers) / max(1, len(clean_triggers))
 
     # with a trigger share of 0 every speech already has a clean line
     heldout = [_render(_random_doc(rng, 0.0))[0] for _ in range(cfg.n_heldout_docs)]
@@ -654,7 +645,6 @@ def write_demo_world(out_dir: str | os.PathLike, *, tokenizer=None, **config: An
         "n_trigger_contexts": n_triggers,
         "n_planted_insults": n_insults,
         "trigger_toxic_share": n_insults / max(1, n_triggers),
-        "clean_trigger_stern_share": stern_share,
         "words_total": total_words,
         "words_planted": toxic_words,
         "planted_word_rate": toxic_words / total_words,
