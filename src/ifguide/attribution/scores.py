@@ -123,7 +123,7 @@ class ScoreConfig:
         if self.damping is not None and self.damping < 0:
             raise InputError(f"--damping: expected a non-negative number, got {self.damping}")
         if not 0.0 <= self.safe_max < self.toxic_min <= 1.0:
-            raise InputError(f"--safe-max/--toxic-min: need 0 <= safe-max < toxic-min <= 1")
+            raise InputError("--safe-max/--toxic-min: need 0 <= safe-max < toxic-min <= 1")
 
 
 # ----------------------------------------------------------------------------------------- queries

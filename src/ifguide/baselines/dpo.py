@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import numpy as np
 
 from ifguide.artifacts import artifact_dir, fingerprint_json, write_meta
 from ifguide.errors import InputError
+from ifguide.fields import help_field
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +49,17 @@ NEUTRAL_COLUMNS = ("neutral", "en_neutral_comment")  # plus neutral1, neutral2, 
 MARGIN_PAIRS = 256  # pairs on which meta.json reports the log-prob margin before/after
 
 
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class DPOConfig:
     """How to run DPO. Defaults are small: DPO is a fine-tuning baseline, not pre-training."""
 
-    beta: float = _help("β: strength of the KL tie to the reference model (DPO paper: 0.1)", 0.1)
-    steps: int = _help("optimizer steps", 100)
-    lr: float = _help("learning rate (linear decay to 0)", 5e-5)
-    batch_size: int = _help("preference pairs per optimizer step", 8)
-    seed: int = _help("seed for data order and initialisation of trl's state", 0)
-    max_length: int = _help("tokens per prompt+completion sequence; longer ones are cut at the end", 128)
-    bf16: bool = _help("bfloat16 mixed precision (GPU only)", False)
+    beta: float = help_field("β: strength of the KL tie to the reference model (DPO paper: 0.1)", 0.1)
+    steps: int = help_field("optimizer steps", 100)
+    lr: float = help_field("learning rate (linear decay to 0)", 5e-5)
+    batch_size: int = help_field("preference pairs per optimizer step", 8)
+    seed: int = help_field("seed for data order and initialisation of trl's state", 0)
+    max_length: int = help_field("tokens per prompt+completion sequence; longer ones are cut at the end", 128)
+    bf16: bool = help_field("bfloat16 mixed precision (GPU only)", False)
 
     def __post_init__(self) -> None:
         if not self.beta > 0:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ifguide.artifacts import artifact_dir, fingerprint_array, read_meta, require_fingerprint, write_meta
 from ifguide.data.blocks import Blocks
 from ifguide.errors import InputError
+from ifguide.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def score_blocks(blocks: Blocks, scorer, tokenizer, *, batch_rows: int = DECODE_
 
     scorer = get_scorer(scorer)
     out = np.empty(blocks.n_blocks, dtype=np.float64)
-    with tqdm(total=blocks.n_blocks, desc=f"scoring blocks ({scorer.name})", unit="block", disable=None) as bar:
+    with Progress(total=blocks.n_blocks, desc=f"scoring blocks ({scorer.name})", unit="block") as bar:
         for start in range(0, blocks.n_blocks, batch_rows):
             stop = min(start + batch_rows, blocks.n_blocks)
             out[start:stop] = scorer.score(decode_blocks(blocks, tokenizer, start, stop))[TOXICITY]

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ifguide.artifacts import artifact_dir, sha256_file, write_meta
-from ifguide.baselines.dpo import _help  # the baselines' one dataclass-field helper
 from ifguide.errors import InputError
+from ifguide.fields import help_field
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,15 @@ LABELS = {0: "non-toxic", 1: "toxic"}
 class RewardModelConfig:
     """How to train the reward model."""
 
-    arch: str = _help("architecture of a randomly initialised classifier (see init-model)", "gpt-neox")
-    preset: str = _help("size preset of a randomly initialised classifier", "tiny")
-    init: str | None = _help("start from this causal LM's backbone instead (hub id or directory)", None)
-    epochs: float = _help("passes over the training split", 2.0)
-    lr: float = _help("AdamW learning rate (linear decay)", 1e-3)
-    batch_size: int = _help("texts per optimizer step", 32)
-    max_length: int = _help("tokens per text; longer texts are cut at the end", 128)
-    heldout: float = _help("share of the texts held out to report accuracy and AUROC", 0.1)
-    seed: int = _help("seed of the split, the initialisation and the data order", 0)
+    arch: str = help_field("architecture of a randomly initialised classifier (see init-model)", "gpt-neox")
+    preset: str = help_field("size preset of a randomly initialised classifier", "tiny")
+    init: str | None = help_field("start from this causal LM's backbone instead (hub id or directory)", None)
+    epochs: float = help_field("passes over the training split", 2.0)
+    lr: float = help_field("AdamW learning rate (linear decay)", 1e-3)
+    batch_size: int = help_field("texts per optimizer step", 32)
+    max_length: int = help_field("tokens per text; longer texts are cut at the end", 128)
+    heldout: float = help_field("share of the texts held out to report accuracy and AUROC", 0.1)
+    seed: int = help_field("seed of the split, the initialisation and the data order", 0)
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:

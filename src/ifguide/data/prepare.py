@@ -14,11 +14,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ifguide.artifacts import artifact_dir, fingerprint_array, sha256_file, write_meta
 from ifguide.data.readers import Document, iter_documents, resolve_sources
 from ifguide.errors import InputError
+from ifguide.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def prepare_blocks(
         if shard is not None:
             i, n = shard
             docs = (d for k, d in enumerate(docs) if k % n == i)
-        with open(raw_ids, "wb") as f_ids, open(raw_lab, "wb") as f_lab, tqdm(
-            desc="prepare", unit="tok", unit_scale=True, disable=None
+        with open(raw_ids, "wb") as f_ids, open(raw_lab, "wb") as f_lab, Progress(
+            desc="prepare", unit="tok", unit_scale=True
         ) as bar:
             for batch in _batched(docs, _BATCH_DOCS):
                 want_offsets = any(d.toxic_spans for d in batch)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ifguide.errors import InputError
+from ifguide.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def perplexity(
     model.eval()
     device = _device(model)
     total_nll, total_n = 0.0, 0
-    for start in tqdm(range(0, len(rows), batch_size), desc="perplexity", disable=None):
+    for start in Progress(range(0, len(rows), batch_size), desc="perplexity", unit="batch"):
         batch = rows[start : start + batch_size]
         width = max(len(r) for r in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -179,7 +179,7 @@ def lambada_scores(model, tokenizer, examples: list[LambadaExample], *, batch_si
     device = _device(model)
     model.eval()
     logprobs, greedy = np.zeros(len(examples)), np.zeros(len(examples), bool)
-    for start in tqdm(range(0, len(examples), batch_size), desc="lambada", disable=None):
+    for start in Progress(range(0, len(examples), batch_size), desc="lambada", unit="batch"):
         batch = examples[start : start + batch_size]
         seqs = [(ex.context + ex.target)[-(window + 1) :][:-1] for ex in batch]
         width = max(len(s) for s in seqs)

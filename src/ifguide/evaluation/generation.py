@@ -12,9 +12,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from ifguide.errors import InputError
+from ifguide.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def sample_continuations(
     out: list[list[str]] = []
     step = config.prompts_per_batch
     try:
-        for start in tqdm(range(0, len(prompts), step), desc=desc, unit="batch", disable=None):
+        for start in Progress(range(0, len(prompts), step), desc=desc, unit="batch"):
             batch = list(prompts[start : start + step])
             enc = tokenizer(
                 batch, return_tensors="pt", padding=True, truncation=max_len is not None, max_length=max_len

@@ -11,25 +11,20 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ifguide.errors import InputError
-
-
-def _h(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text}, **kw)
+from ifguide.fields import help_field
 
 
 @dataclass
 class DataConfig:
-    corpus: list[str] = _h("training documents: files/directories (.txt/.jsonl/.parquet) or HF dataset names", [])
-    heldout: str | None = _h("held-out text for perplexity (file or blocks dir)", None)
-    line_docs: bool = _h("one document per line in .txt inputs", False)
-    block_size: int = _h("tokens per training block (paper: 2048)", 128)
+    corpus: list[str] = help_field("training documents: files/directories (.txt/.jsonl/.parquet) or HF dataset names", [])
+    heldout: str | None = help_field("held-out text for perplexity (file or blocks dir)", None)
+    line_docs: bool = help_field("one document per line in .txt inputs", False)
+    block_size: int = help_field("tokens per training block (paper: 2048)", 128)
 
     def __post_init__(self):
         if not self.corpus:
@@ -40,16 +35,16 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: str | None = _h("existing tokenizer (dir or hub id); when null a byte-level BPE is trained on the corpus", None)
-    vocab_size: int = _h("vocabulary size of a trained tokenizer", 4096)
+    path: str | None = help_field("existing tokenizer (dir or hub id); when null a byte-level BPE is trained on the corpus", None)
+    vocab_size: int = help_field("vocabulary size of a trained tokenizer", 4096)
 
 
 @dataclass
 class ModelConfig:
-    path: str | None = _h("pre-trained model (dir or hub id) to start from; null: initialise from arch/preset", None)
-    arch: str = _h("architecture for a fresh model: gpt-neox, llama, gpt2, qwen2", "gpt-neox")
-    preset: str = _h("size preset for a fresh model (see `ifguide init-model --help`)", "tiny")
-    init_seed: int = _h("seed of the random initialisation", 0)
+    path: str | None = help_field("pre-trained model (dir or hub id) to start from; null: initialise from arch/preset", None)
+    arch: str = help_field("architecture for a fresh model: gpt-neox, llama, gpt2, qwen2", "gpt-neox")
+    preset: str = help_field("size preset for a fresh model (see `ifguide init-model --help`)", "tiny")
+    init_seed: int = help_field("seed of the random initialisation", 0)
 
     def __post_init__(self):
         from ifguide.models import ARCHITECTURES, PRESETS
@@ -63,20 +58,20 @@ class ModelConfig:
 
 @dataclass
 class TrainSection:
-    epochs: float = _h("passes over the corpus for the base model", 1.0)
-    max_steps: int = _h("optimizer steps (overrides epochs when > 0)", -1)
-    lr: float = _h("peak learning rate", 2e-3)
-    batch_size: int = _h("blocks per micro-batch", 16)
-    grad_accum: int = _h("micro-batches per step", 1)
-    weight_decay: float = _h("AdamW weight decay", 0.01)
-    warmup_ratio: float = _h("warm-up share of steps", 0.05)
-    logging_steps: int = _h("steps between log entries", 10)
+    epochs: float = help_field("passes over the corpus for the base model", 1.0)
+    max_steps: int = help_field("optimizer steps (overrides epochs when > 0)", -1)
+    lr: float = help_field("peak learning rate", 2e-3)
+    batch_size: int = help_field("blocks per micro-batch", 16)
+    grad_accum: int = help_field("micro-batches per step", 1)
+    weight_decay: float = help_field("AdamW weight decay", 0.01)
+    warmup_ratio: float = help_field("warm-up share of steps", 0.05)
+    logging_steps: int = help_field("steps between log entries", 10)
 
 
 @dataclass
 class FinetuneSection:
-    fraction: float = _h("fine-tuning steps as a fraction of the base model's steps (setting: finetune)", 0.1)
-    lr: float = _h("fine-tuning learning rate", 5e-4)
+    fraction: float = help_field("fine-tuning steps as a fraction of the base model's steps (setting: finetune)", 0.1)
+    lr: float = help_field("fine-tuning learning rate", 5e-4)
 
     def __post_init__(self):
         if not 0 < self.fraction <= 10:
@@ -85,15 +80,15 @@ class FinetuneSection:
 
 @dataclass
 class AttributionSection:
-    queries_toxic: str | None = _h("toxic query set (jsonl; RTP schema or {prompt, continuation, label})", None)
-    queries_safe: str | None = _h("safe query set; null: take safe queries from queries_toxic by label/toxicity", None)
-    strategy: str = _h("Hessian approximation: ekfac, kfac, diagonal, identity", "ekfac")
-    max_blocks: int | None = _h("blocks used to fit the factors (null: all)", None)
-    batch_size: int = _h("blocks per batch in factor fitting and scoring", 8)
-    alignment: str = _h("score position → target: 'next' (t → t+1) or 'same' (t → t, the reference code)", "next")
-    modules: str | None = _h("regex of modules to track (null: every Linear in the transformer blocks)", None)
-    proxy: ModelConfig | None = _h("a smaller model to compute scores with (shares the tokenizer)", None)
-    ablations: list[str] = _h(
+    queries_toxic: str | None = help_field("toxic query set (jsonl; RTP schema or {prompt, continuation, label})", None)
+    queries_safe: str | None = help_field("safe query set; null: take safe queries from queries_toxic by label/toxicity", None)
+    strategy: str = help_field("Hessian approximation: ekfac, kfac, diagonal, identity", "ekfac")
+    max_blocks: int | None = help_field("blocks used to fit the factors (null: all)", None)
+    batch_size: int = help_field("blocks per batch in factor fitting and scoring", 8)
+    alignment: str = help_field("score position → target: 'next' (t → t+1) or 'same' (t → t, the reference code)", "next")
+    modules: str | None = help_field("regex of modules to track (null: every Linear in the transformer blocks)", None)
+    proxy: ModelConfig | None = help_field("a smaller model to compute scores with (shares the tokenizer)", None)
+    ablations: list[str] = help_field(
         "score variants ('toxic-only', 'document') whose selections are checked against the corpus's ground-truth "
         "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
 
@@ -107,12 +102,12 @@ class AttributionSection:
 
 @dataclass
 class SelectionSection:
-    threshold: float = _h("percentile of scores above which a token is toxic (paper: 0.99)", 0.99)
-    window: int = _h("context tokens added on each side of a toxic token (paper: 1)", 1)
-    budget: float = _h("share of all training tokens to select (paper: 0.02)", 0.02)
-    lam: float = _h("penalty weight λ (paper: 1)", 1.0)
-    penalty: str = _h("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p))", "neg_ce")
-    ce_clip: float | None = _h("bound the neg_ce penalty at −λ·min(CE, ce_clip) nats; null: the paper's unbounded form", None)
+    threshold: float = help_field("percentile of scores above which a token is toxic (paper: 0.99)", 0.99)
+    window: int = help_field("context tokens added on each side of a toxic token (paper: 1)", 1)
+    budget: float = help_field("share of all training tokens to select (paper: 0.02)", 0.02)
+    lam: float = help_field("penalty weight λ (paper: 1)", 1.0)
+    penalty: str = help_field("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p))", "neg_ce")
+    ce_clip: float | None = help_field("bound the neg_ce penalty at −λ·min(CE, ce_clip) nats; null: the paper's unbounded form", None)
 
     def __post_init__(self):
         if self.penalty not in ("neg_ce", "unlikelihood"):
@@ -123,22 +118,22 @@ class SelectionSection:
 
 @dataclass
 class EvaluationSection:
-    prompts: str | None = _h("evaluation prompts (jsonl, RTP schema or {prompt, toxicity})", None)
-    samples: int = _h("samples per prompt (paper: 25)", 25)
-    max_new_tokens: int = _h("tokens per sample (paper: 20)", 20)
-    top_p: float = _h("nucleus sampling p (paper: 0.9)", 0.9)
-    seeds: list[int] = _h("sampling seeds; metrics are mean ± sd over them", [1, 2, 3])
-    scorer: str = _h("toxicity scorer name (see `ifguide evaluate --help`)", "profanity-check")
-    max_prompts: int | None = _h("use the first N prompts only", None)
-    batch_size: int = _h("sequences per generate call (prompts × samples are batched together)", 200)
-    lambada: str | None = _h("LAMBADA jsonl for accuracy", None)
-    lm_eval_tasks: list[str] = _h("lm-evaluation-harness tasks", [])
-    rad_k: int = _h("RAD: candidates re-scored per step", 20)
-    rad_beta: float = _h("RAD: weight of the reward", 10.0)
-    rad_scorer: str | None = _h(
+    prompts: str | None = help_field("evaluation prompts (jsonl, RTP schema or {prompt, toxicity})", None)
+    samples: int = help_field("samples per prompt (paper: 25)", 25)
+    max_new_tokens: int = help_field("tokens per sample (paper: 20)", 20)
+    top_p: float = help_field("nucleus sampling p (paper: 0.9)", 0.9)
+    seeds: list[int] = help_field("sampling seeds; metrics are mean ± sd over them", [1, 2, 3])
+    scorer: str = help_field("toxicity scorer name (see `ifguide evaluate --help`)", "profanity-check")
+    max_prompts: int | None = help_field("use the first N prompts only", None)
+    batch_size: int = help_field("sequences per generate call (prompts × samples are batched together)", 200)
+    lambada: str | None = help_field("LAMBADA jsonl for accuracy", None)
+    lm_eval_tasks: list[str] = help_field("lm-evaluation-harness tasks", [])
+    rad_k: int = help_field("RAD: candidates re-scored per step", 20)
+    rad_beta: float = help_field("RAD: weight of the reward", 10.0)
+    rad_scorer: str | None = help_field(
         "RAD: reward scorer (e.g. hf:DIR); null: the evaluation's scorer, which RAD then optimises directly "
         "(an optimistic baseline)", None)
-    rad_reward_data: str | None = _h(
+    rad_reward_data: str | None = help_field(
         "RAD: train an independent reward model on this jsonl of {text, toxic} (stage 'reward_model', the "
         "run's tokenizer) and steer RAD with it; excludes rad_scorer", None)
 
@@ -149,11 +144,11 @@ class EvaluationSection:
 
 @dataclass
 class DPOSection:
-    pairs: str | None = _h("preference pairs jsonl {prompt, chosen, rejected}; null: built from the query sets", None)
-    beta: float = _h("DPO β", 0.1)
-    steps: int = _h("DPO optimizer steps", 100)
-    lr: float = _h("DPO learning rate", 5e-5)
-    batch_size: int = _h("pairs per batch", 8)
+    pairs: str | None = help_field("preference pairs jsonl {prompt, chosen, rejected}; null: built from the query sets", None)
+    beta: float = help_field("DPO β", 0.1)
+    steps: int = help_field("DPO optimizer steps", 100)
+    lr: float = help_field("DPO learning rate", 5e-5)
+    batch_size: int = help_field("pairs per batch", 8)
 
 
 KNOWN_METHODS = (
@@ -164,22 +159,22 @@ KNOWN_METHODS = (
 
 @dataclass
 class PipelineConfig:
-    data: DataConfig = _h("training corpus")
-    out: str | None = _h("run directory (the CLI's --out overrides it)", None)
-    setting: str = _h("'pretrain': train each method from scratch; 'finetune': continue the base model", "pretrain")
-    seed: int = _h("training seed (the same data order for every method)", 0)
-    methods: list[str] = _h(f"methods to compare; known: {', '.join(KNOWN_METHODS)}", ["base", "ifguide", "random"])
-    tokenizer: TokenizerConfig = _h("tokenizer", None)
-    model: ModelConfig = _h("the model to train", None)
-    train: TrainSection = _h("base training", None)
-    finetune: FinetuneSection = _h("fine-tuning setting", None)
-    attribution: AttributionSection = _h("influence scores", None)
-    selection: SelectionSection = _h("token selection and penalty", None)
-    evaluation: EvaluationSection = _h("evaluation", None)
-    dpo: DPOSection = _h("the DPO baseline", None)
-    baseline: str = _h("row the reduction factors and CIs are computed against", "base")
-    control: str | None = _h("control row for the second set of paired CIs", "random")
-    demo_labels: bool = _h("report precision/recall of the selection against the corpus's toxic_spans", True)
+    data: DataConfig = help_field("training corpus")
+    out: str | None = help_field("run directory (the CLI's --out overrides it)", None)
+    setting: str = help_field("'pretrain': train each method from scratch; 'finetune': continue the base model", "pretrain")
+    seed: int = help_field("training seed (the same data order for every method)", 0)
+    methods: list[str] = help_field(f"methods to compare; known: {', '.join(KNOWN_METHODS)}", ["base", "ifguide", "random"])
+    tokenizer: TokenizerConfig = help_field("tokenizer", None)
+    model: ModelConfig = help_field("the model to train", None)
+    train: TrainSection = help_field("base training", None)
+    finetune: FinetuneSection = help_field("fine-tuning setting", None)
+    attribution: AttributionSection = help_field("influence scores", None)
+    selection: SelectionSection = help_field("token selection and penalty", None)
+    evaluation: EvaluationSection = help_field("evaluation", None)
+    dpo: DPOSection = help_field("the DPO baseline", None)
+    baseline: str = help_field("row the reduction factors and CIs are computed against", "base")
+    control: str | None = help_field("control row for the second set of paired CIs", "random")
+    demo_labels: bool = help_field("report precision/recall of the selection against the corpus's toxic_spans", True)
 
     def __post_init__(self):
         for name, cls in (("tokenizer", TokenizerConfig), ("model", ModelConfig), ("train", TrainSection),

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ifguide.errors import InputError
+from ifguide.progress import Progress
 from ifguide.selection.quantile import DEFAULT_GATHER_LIMIT, exact_quantile
 from ifguide.selection.source import DEFAULT_CHUNK_ELEMENTS, ScoreSource, ScoresLike, open_scores
 
@@ -194,7 +194,7 @@ def _document_statistics(source: ScoreSource, tau: np.floating, window: int, chu
     c = np.zeros(n, dtype=np.int64)
     single_chunk = source.rows_per_chunk(chunk_elements) >= n and len(source.parts) == 1
     candidates = None
-    with tqdm(total=n, desc="rank documents", unit="row", disable=None) as bar:
+    with Progress(total=n, desc="rank documents", unit="row") as bar:
         for first, chunk in source.iter_chunks(chunk_elements):
             rows = slice(first, first + len(chunk))
             toxic, candidates = _chunk_candidates(chunk, tau, window)

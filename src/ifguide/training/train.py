@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,42 +24,39 @@ import numpy as np
 from ifguide.artifacts import artifact_dir, fingerprint_json, write_meta
 from ifguide.data.blocks import Blocks
 from ifguide.errors import InputError
+from ifguide.fields import help_field
 from ifguide.training.objective import PENALTIES
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass
 class TrainConfig:
     """How to train. Pre-training and fine-tuning differ only in the model you start from."""
 
-    max_steps: int = _help("optimizer steps; -1 means use `epochs`", -1)
-    epochs: float = _help("passes over the blocks (when max_steps is -1)", 1.0)
-    lr: float = _help("peak learning rate", 1e-3)
-    batch_size: int = _help("blocks per device per micro-batch", 8)
-    grad_accum: int = _help("micro-batches per optimizer step", 1)
-    weight_decay: float = _help("AdamW weight decay", 0.01)
-    warmup_ratio: float = _help("share of steps with linear learning-rate warm-up", 0.05)
-    scheduler: str = _help("learning-rate schedule (any transformers SchedulerType)", "cosine")
-    max_grad_norm: float = _help("gradient clipping norm", 1.0)
-    seed: int = _help("seed for initialisation order, data order and dropout", 0)
-    lam: float = _help("λ: weight of the penalty on toxic targets (paper: 1.0)", 1.0)
-    penalty: str = _help("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p), bounded)", "neg_ce")
-    ce_clip: float | None = _help(
+    max_steps: int = help_field("optimizer steps; -1 means use `epochs`", -1)
+    epochs: float = help_field("passes over the blocks (when max_steps is -1)", 1.0)
+    lr: float = help_field("peak learning rate", 1e-3)
+    batch_size: int = help_field("blocks per device per micro-batch", 8)
+    grad_accum: int = help_field("micro-batches per optimizer step", 1)
+    weight_decay: float = help_field("AdamW weight decay", 0.01)
+    warmup_ratio: float = help_field("share of steps with linear learning-rate warm-up", 0.05)
+    scheduler: str = help_field("learning-rate schedule (any transformers SchedulerType)", "cosine")
+    max_grad_norm: float = help_field("gradient clipping norm", 1.0)
+    seed: int = help_field("seed for initialisation order, data order and dropout", 0)
+    lam: float = help_field("λ: weight of the penalty on toxic targets (paper: 1.0)", 1.0)
+    penalty: str = help_field("'neg_ce' (paper: −λ·CE) or 'unlikelihood' (−λ·log(1−p), bounded)", "neg_ce")
+    ce_clip: float | None = help_field(
         "bound the neg_ce penalty to −λ·min(CE, ce_clip) nats (None: the paper's unbounded −λ·CE)", None
     )
-    max_toxic_ce: float | None = _help(
+    max_toxic_ce: float | None = help_field(
         "guard: stop when a batch's mean toxic-target CE exceeds this many nats (None: off)", 100.0
     )
-    logging_steps: int = _help("steps between log entries", 10)
-    save_steps: int = _help("steps between resumable checkpoints (0: none)", 0)
-    bf16: bool = _help("bfloat16 mixed precision (GPU)", False)
-    fp16: bool = _help("float16 mixed precision (GPU)", False)
-    rows: list[int] | None = _help("train on these block rows only (baselines that drop documents)", None)
+    logging_steps: int = help_field("steps between log entries", 10)
+    save_steps: int = help_field("steps between resumable checkpoints (0: none)", 0)
+    bf16: bool = help_field("bfloat16 mixed precision (GPU)", False)
+    fp16: bool = help_field("float16 mixed precision (GPU)", False)
+    rows: list[int] | None = help_field("train on these block rows only (baselines that drop documents)", None)
 
     def __post_init__(self) -> None:
         if self.rows is not None:
