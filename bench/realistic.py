@@ -87,8 +87,9 @@ def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
 
 # The pre-training setting (every method trained from scratch) as a second run: the stages it
 # shares with the fine-tuning run (tokenizer, blocks, base model, factors, scores, masks) are
-# copied from there and reused because their keys (content fingerprints) match.
-PRETRAIN_METHODS = ["base", "ifguide", "random"]
+# copied from there and reused because their keys (content fingerprints) match. filter-oracle
+# (trained from scratch on the blocks without toxic text) is the floor of data interventions.
+PRETRAIN_METHODS = ["base", "ifguide", "random", "filter-oracle"]
 SHARED_STAGES = ["tokenizer", "blocks", "heldout", "init", "models/base", "factors", "scores", "masks", "eval/base"]
 
 
@@ -227,8 +228,55 @@ def _own_stages(pretrain: dict) -> dict[str, float]:
             if not any(k == s or k.startswith(s + "/") for s in SHARED_STAGES)}
 
 
+# IF-Guide against the rows it must beat, each pair on the same prompts and sampling seeds.
+RIVALS = [("dpo", "run"), ("rad", "run"), ("ifguide+rad", "run"), ("filter-oracle", "run-pretrain")]
+
+
+def head_to_head(out: Path) -> list[dict]:
+    """Paired bootstrap of (IF-Guide − rival) per prompt, for IF-Guide fine-tuned and pre-trained.
+
+    Rivals from the other run share the base model's data and evaluation prompts and seeds
+    (``compare`` refuses them otherwise), so the pairing across the two runs is valid.
+    """
+    from ifguide.evaluation.compare import compare
+
+    rows = []
+    for label, run in (("ifguide (fine-tune)", "run"), ("ifguide (pre-train)", "run-pretrain")):
+        ours = out / run / "eval" / "ifguide"
+        rivals = [(m, out / r / "eval" / m) for m, r in RIVALS if (out / r / "eval" / m / "results.json").is_file()]
+        if not (ours / "results.json").is_file() or not rivals:
+            continue
+        table = compare([ours] + [d for _, d in rivals], names=[label] + [m for m, _ in rivals], baseline=label)
+        for row in table.rows[1:]:  # row − baseline; flipped so that < 0 means IF-Guide is lower
+            vs = row[f"vs_{label}"]
+            flip = {k: None if v is None else {"diff": -v["diff"], "ci95": [-v["ci95"][1], -v["ci95"][0]],
+                                                "significant": v["significant"]} for k, v in vs.items()}
+            rows.append({"ifguide": label, "rival": row["method"], **flip})
+    return rows
+
+
+def _head_to_head_lines(rows: list[dict]) -> list[str]:
+    def cell(d):
+        return "–" if d is None else f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + ("*" if d["significant"] else "")
+
+    def verdict(d):
+        if d is None or not d["significant"]:
+            return "not significantly different"
+        return "IF-Guide lower" if d["diff"] < 0 else "IF-Guide higher"
+
+    lines = ["## IF-Guide head to head (IF-Guide − rival, paired over prompts, 95 % CI; * = excludes 0)", "",
+             "Negative: IF-Guide is less toxic. `filter-oracle` is trained from scratch on the blocks without any "
+             "toxic text, the floor of what a change to the training data can reach under this scorer.", "",
+             "| IF-Guide | rival | ΔEMT full | ΔTP full | ΔEMT toxic | ΔTP toxic | on EMT full |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['ifguide']} | {r['rival']} | {cell(r['emt_full'])} | {cell(r['tp_full'])} | "
+                     f"{cell(r['emt_toxic'])} | {cell(r['tp_toxic'])} | {verdict(r['emt_full'])} |")
+    return lines + [""]
+
+
 def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict, notes: list[str],
-                     preset: str, seconds: float, pretrain: dict | None = None) -> str:
+                     preset: str, seconds: float, pretrain: dict | None = None,
+                     rivals: list[dict] | None = None) -> str:
     lines = [f"# Realistic benchmark (preset `{preset}`, setting `{summary.get('setting')}`)", ""]
     stage_min = sum(summary.get("stage_seconds", {}).values()) / 60
     pre_own = _own_stages(pretrain) if pretrain else {}
@@ -253,6 +301,8 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
                   "|---|---|---|---|---|---|---|---|"]
         lines += _toxicity_rows(pretrain, " (pretrain)")
         lines += ["", pretrain.get("table_markdown", "(missing)"), ""]
+    if rivals:
+        lines += _head_to_head_lines(rivals)
     lines += ["## Attribution quality against the known toxic documents", "",
               "Selection with the run's threshold/window/budget. `share in toxic`: fraction of selected tokens inside "
               f"toxic documents (a random mask scores ≈ {100 * stats['toxic_token_share']:.1f} %, an oracle 100 %). "
@@ -282,7 +332,7 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
 
 
 def run_pretrain(out: Path, p: dict, args) -> dict:
-    """base / IF-Guide / random trained from scratch, in ``OUT/run-pretrain``."""
+    """base / IF-Guide / random / filter-oracle trained from scratch, in ``OUT/run-pretrain``."""
     import shutil
 
     import yaml
@@ -326,11 +376,13 @@ def run(args) -> dict:
     attribution = attribution_table(out / "run", out / "run" / "blocks", sel)
     stats = corpus_token_stats(out / "run" / "blocks", cfg.selection.budget)
     seconds = time.perf_counter() - t0
-    md = results_markdown(summary, attribution, stats, build, notes, preset_name, seconds, pretrain)
+    rivals = head_to_head(out)
+    md = results_markdown(summary, attribution, stats, build, notes, preset_name, seconds, pretrain, rivals)
     (out / "results.md").write_text(md)
     from ifguide.artifacts import write_json
 
     result = {"preset": preset_name, "seconds": seconds, "build": build, "corpus": stats, "attribution": attribution,
+              "head_to_head": rivals,
               "notes": notes, "summary": str(out / "run" / "summary.json"),
               "pretrain_summary": str(out / "run-pretrain" / "summary.json") if pretrain is not None else None}
     write_json(out / "results.json", result)

@@ -14,6 +14,7 @@ from ifguide.baselines.filtering import (
     blocks_to_drop,
     read_rows,
     rows_without_flagged_documents,
+    rows_without_labelled_toxicity,
     rows_without_top_influence_documents,
 )
 from ifguide.cli import main
@@ -209,3 +210,45 @@ def test_read_rows_refuses_other_blocks(blocks_dir, tmp_path):
     write_meta(out, "rows", kind="scorer", blocks_fingerprint="f" * 64)
     with pytest.raises(InputError, match="fingerprint mismatch"):
         read_rows(out, blocks_dir)
+
+
+# --------------------------------------------------------------------------- perfect filter (labels)
+
+def test_perfect_filter_keeps_exactly_the_blocks_without_labelled_targets(blocks_dir):
+    blocks = Blocks.open(blocks_dir)
+    labels = np.asarray(blocks.toxic_labels, dtype=bool)
+    # slow reference: a block is toxic when any of its targets (columns 1..T-1) is labelled
+    toxic = [i for i in range(blocks.n_blocks) if any(labels[i, j] for j in range(1, blocks.block_size))]
+    assert 0 < len(toxic) < blocks.n_blocks
+
+    keep, info = rows_without_labelled_toxicity(blocks)
+
+    assert keep.tolist() == [i for i in range(blocks.n_blocks) if i not in toxic]
+    assert info["kind"] == "labels" and info["dropped_blocks"] == len(toxic)
+    assert info["labelled_toxic_recall"] == 1.0
+
+
+def test_cli_filter_by_labels_writes_rows_without_a_budget(blocks_dir, tmp_path, capsys):
+    out = tmp_path / "rows"
+    assert main(["filter", "--blocks", blocks_dir, "--labels", "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "labels" and meta["budget_tokens"] is None
+    assert np.array_equal(read_rows(out, blocks_dir), rows_without_labelled_toxicity(blocks_dir)[0])
+
+    refused = tmp_path / "refused"
+    rc = main(["filter", "--blocks", blocks_dir, "--labels", "--budget-tokens", "32", "--out", str(refused)])
+    assert rc == 2 and "takes no --budget-tokens" in capsys.readouterr().err
+    assert not refused.exists()
+
+
+def test_perfect_filter_refuses_blocks_without_labels(tmp_path, tokenizer_dir, capsys):
+    from ifguide.data.prepare import prepare_blocks
+
+    corpus = tmp_path / "plain.txt"
+    corpus.write_text("\n".join(f"line {i} of a plain corpus with no toxic labels at all" for i in range(200)))
+    plain = prepare_blocks([corpus], tokenizer_dir, block_size=32, out=tmp_path / "blocks")
+    assert Blocks.open(plain).toxic_labels is None
+    out = tmp_path / "rows"
+    assert main(["filter", "--blocks", str(plain), "--labels", "--out", str(out)]) == 2
+    assert "carry no toxic labels" in capsys.readouterr().err
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -82,7 +83,7 @@ def test_explain_lists_every_section(capsys):
 
 
 ALL_METHODS = ["base", "ifguide", "random", "oracle", "toxic-only", "document", "unlikelihood", "remove",
-               "filter-scorer", "filter-influence", "dpo", "rad", "ifguide+rad", "proxy"]
+               "filter-scorer", "filter-influence", "filter-oracle", "dpo", "rad", "ifguide+rad", "proxy"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,11 @@ def test_end_to_end_writes_summary_report_and_every_stage(finished_run):
     for m in ("filter-scorer", "filter-influence"):
         rows = json.loads((run_dir / "models" / m / "meta.json").read_text())["args"]["rows"]
         assert rows["n_rows"] < json.loads((run_dir / "blocks" / "meta.json").read_text())["n_blocks"]
+    # the perfect filter trains on exactly the blocks without labelled toxicity
+    labels = np.load(run_dir / "blocks" / "toxic_labels.npy")
+    clean = np.flatnonzero(~labels[:, 1:].any(axis=1)).tolist()
+    assert json.loads((run_dir / "models" / "filter-oracle" / "meta.json").read_text())["args"]["rows"]["n_rows"] == len(clean)
+    assert np.load(run_dir / "rows" / "filter-oracle" / "rows.npy").tolist() == clean
     for m, e in summary["methods"].items():
         for sub in ("full", "toxic", "nontoxic"):
             assert 0.0 <= e[sub]["emt"] <= 1.0 and 0.0 <= e[sub]["tp"] <= 1.0

@@ -12,6 +12,11 @@ data instead, as many blocks as it takes to remove at least ``B`` tokens, and tr
   tokens' influences; non-finite entries, such as the never-scored column 0, count as 0) and drop
   the most influential first. The paper shows this fails: removing whole documents at the same
   budget removes far less toxicity than suppressing the selected tokens.
+* :func:`rows_without_labelled_toxicity`: the *perfect* filter, for corpora with ground-truth toxic
+  labels (the demo world, the benchmarks): drop every block that holds a labelled toxic target,
+  whatever the budget. A model trained from scratch on what is left never saw toxic text, so its
+  toxicity is the floor that any intervention on the training data can reach under this
+  evaluation (with a weak model, the scorer's false positives on its text set that floor).
 
 Every block holds exactly ``T`` tokens (``prepare`` drops the tail that does not fill a block),
 so dropping ``k`` blocks removes ``k * T`` tokens and the filters drop ``ceil(B / T)`` blocks.
@@ -19,7 +24,8 @@ Ties are broken by row index (lower rows first), so results are deterministic.
 
 A rows directory holds ``rows.npy`` (int64, sorted row indices to keep) and ``meta.json`` with
 stage ``"rows"``, ``kind`` (``"scorer"`` or ``"influence"``), ``blocks_fingerprint``,
-``fingerprint`` (of ``rows.npy``), ``budget_tokens`` and ``info`` (what was dropped).
+``fingerprint`` (of ``rows.npy``), ``budget_tokens`` and ``info`` (what was dropped); ``kind`` is
+``"labels"`` for the perfect filter, whose ``budget_tokens`` is null.
 """
 
 from __future__ import annotations
@@ -219,6 +225,27 @@ def rows_without_top_influence_documents(
     return keep, info
 
 
+def rows_without_labelled_toxicity(blocks: str | os.PathLike | Blocks) -> tuple[np.ndarray, dict]:
+    """Rows to keep: every block with no labelled toxic target (column 0 is never a target)."""
+    blocks = blocks if isinstance(blocks, Blocks) else Blocks.open(blocks)
+    if blocks.toxic_labels is None:
+        raise InputError(f"{blocks.path}: the blocks carry no toxic labels (prepare a corpus with toxic_spans "
+                         "or a toxic flag), so the perfect filter has nothing to go by")
+    labels = blocks.toxic_labels
+    toxic_rows = np.concatenate([
+        np.flatnonzero(labels[start : start + DECODE_CHUNK_ROWS, 1:].any(axis=1)) + start
+        for start in range(0, labels.shape[0], DECODE_CHUNK_ROWS)
+    ])
+    keep = np.setdiff1d(np.arange(blocks.n_blocks, dtype=np.int64), toxic_rows)
+    info = {"kind": "labels", **_budget_info(len(toxic_rows) * blocks.block_size, toxic_rows, blocks.n_blocks, blocks.block_size),
+            **_ground_truth_info(blocks, toxic_rows)}
+    if keep.size == 0:
+        raise InputError(f"{blocks.path}: every block holds labelled toxicity; the perfect filter would keep nothing")
+    logger.info("perfect filter: dropped the %d blocks with labelled toxicity (%d tokens)", len(toxic_rows),
+                info["dropped_tokens"])
+    return keep, info
+
+
 # --------------------------------------------------------------------------- artifacts
 
 
@@ -240,23 +267,32 @@ def filter_to_artifact(
     *,
     scorer: Any = None,
     scores: Any = None,
+    labels: bool = False,
     budget_tokens: int | None = None,
     like_mask: str | os.PathLike | None = None,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
 ) -> Path:
-    """Run one filter (``scorer`` xor ``scores``) at ``budget_tokens`` (or the token count of
-    ``like_mask``) and write a rows directory to ``out``."""
-    if (scorer is None) == (scores is None):
-        raise InputError("filter: give exactly one of --scorer (classifier filter) or --scores (influence filter)")
-    if (budget_tokens is None) == (like_mask is None):
+    """Run one filter (``scorer``, ``scores`` or ``labels``) and write a rows directory to ``out``.
+
+    The scorer and influence filters remove ``budget_tokens`` (or the token count of ``like_mask``);
+    the perfect filter (``labels=True``) removes every block with labelled toxicity and takes no budget.
+    """
+    if sum((scorer is not None, scores is not None, bool(labels))) != 1:
+        raise InputError("filter: give exactly one of --scorer (classifier filter), --scores (influence filter) "
+                         "or --labels (perfect filter)")
+    if labels and (budget_tokens is not None or like_mask is not None):
+        raise InputError("filter --labels: drops every block with labelled toxicity; it takes no --budget-tokens/--like-mask")
+    if not labels and (budget_tokens is None) == (like_mask is None):
         raise InputError("filter: give exactly one of --budget-tokens or --like-mask")
     blocks_obj = Blocks.open(blocks)
     budget_fields: dict = {}
     if like_mask is not None:
         budget_tokens, budget_fields = budget_from_mask(like_mask, blocks_obj)
     input_fields: dict = {}
-    if scorer is not None:
+    if labels:
+        rows, info = rows_without_labelled_toxicity(blocks_obj)
+    elif scorer is not None:
         rows, info = rows_without_flagged_documents(blocks_obj, scorer, budget_tokens, tokenizer=tokenizer,
                                                     trust_remote_code=trust_remote_code)
     else:
@@ -269,11 +305,12 @@ def filter_to_artifact(
             kind=info["kind"],
             args={"blocks": str(blocks), "scorer": None if scorer is None else str(scorer),
                   "scores": None if scores is None else [str(s) for s in _as_list(scores)],
-                  "budget_tokens": budget_tokens, "like_mask": None if like_mask is None else str(like_mask)},
+                  "labels": bool(labels), "budget_tokens": budget_tokens,
+                  "like_mask": None if like_mask is None else str(like_mask)},
             fingerprint=fingerprint_array(rows),
             blocks_fingerprint=blocks_obj.fingerprint,
             tokenizer_fingerprint=blocks_obj.tokenizer_fingerprint,
-            budget_tokens=int(budget_tokens),
+            budget_tokens=None if budget_tokens is None else int(budget_tokens),
             n_rows=int(len(rows)),
             **budget_fields,
             **input_fields,

@@ -32,7 +32,7 @@ def _filter(args: argparse.Namespace) -> int:
     from ifguide.baselines.filtering import filter_to_artifact
 
     filter_to_artifact(
-        args.blocks, args.out, scorer=args.scorer, scores=args.scores, budget_tokens=args.budget_tokens,
+        args.blocks, args.out, scorer=args.scorer, scores=args.scores, labels=args.labels, budget_tokens=args.budget_tokens,
         like_mask=args.like_mask, tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code,
     )
     return 0
@@ -81,15 +81,20 @@ def register(subparsers) -> None:
         help="baseline: choose the blocks to train on after dropping the most toxic (or most influential) ones",
         description="Drop whole blocks, the most toxic by a classifier (--scorer) or the most influential by "
         "total influence score (--scores), until at least the token budget is removed; --like-mask takes "
-        "the budget from an IF-Guide mask. Writes OUT/rows.npy (rows to keep) for `train` (TrainConfig.rows).",
+        "the budget from an IF-Guide mask. --labels is the perfect filter for labelled corpora: it drops every "
+        "block with labelled toxicity, whatever the budget. Writes OUT/rows.npy (rows to keep) for `train` "
+        "(TrainConfig.rows).",
     )
     p.add_argument("--blocks", required=True, help="blocks directory from `ifguide prepare`")
     ranking = p.add_mutually_exclusive_group(required=True)
     ranking.add_argument("--scorer", help="toxicity scorer name, e.g. profanity-check (see `ifguide evaluate --help`)")
     ranking.add_argument("--scores", nargs="+", help="scores directory (or row shards) from `ifguide scores`")
-    budget = p.add_mutually_exclusive_group(required=True)
+    ranking.add_argument("--labels", action="store_true",
+                         help="drop every block with labelled toxicity (needs toxic labels; no budget)")
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-tokens", type=int, help="remove at least this many tokens")
     budget.add_argument("--like-mask", help="mask directory whose selected-token count is the budget")
+    # which of these a filter needs is checked by filter_to_artifact (--labels takes none)
     p.add_argument("--tokenizer", help="tokenizer of the blocks (default: the one named in their meta.json)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code")
     p.add_argument("--out", required=True, help="rows directory to write")

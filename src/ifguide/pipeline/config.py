@@ -153,7 +153,7 @@ class DPOSection:
 
 KNOWN_METHODS = (
     "base", "ifguide", "random", "oracle", "toxic-only", "document", "unlikelihood", "remove",
-    "filter-scorer", "filter-influence", "dpo", "rad", "ifguide+rad", "proxy",
+    "filter-scorer", "filter-influence", "filter-oracle", "dpo", "rad", "ifguide+rad", "proxy",
 )
 
 
@@ -194,6 +194,8 @@ class PipelineConfig:
             raise InputError("config attribution.queries_toxic: required by the methods " + ", ".join(sorted(needs_queries & set(self.methods))))
         if not self.evaluation.prompts:
             raise InputError("config evaluation.prompts: required")
+        if "filter-oracle" in self.methods and not self.demo_labels:
+            raise InputError("config methods: 'filter-oracle' needs the corpus's toxic labels (demo_labels: true)")
         if "proxy" in self.methods and self.attribution.proxy is None:
             raise InputError("config attribution.proxy: required by the method 'proxy'")
 

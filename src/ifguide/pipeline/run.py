@@ -45,6 +45,7 @@ MASKED_METHODS = {
 SCORE_VARIANTS = {"ifguide": "differential", "toxic-only": "toxic-only", "document": "document", "random": "differential",
                   "oracle": "differential", "filter-influence": "differential"}
 RAD_METHODS = {"rad": "base", "ifguide+rad": "ifguide"}
+FILTER_METHODS = ("filter-scorer", "filter-influence", "filter-oracle")
 
 
 def _file_key(path: str | None) -> Any:
@@ -375,8 +376,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
             overrides = {k: v for k, v in spec.items() if k in ("lam", "penalty")}
             config = run.method_train_config(base, **overrides)
             models[m] = run.train_stage(f"models/{m}", train_start, blocks, config, mask=masks[spec["mask"]])
-        elif m in ("filter-scorer", "filter-influence"):
-            models[m] = _filtered_model(run, m, train_start, base, blocks, tok, masks["ifguide"], scores.get("differential"))
+        elif m in FILTER_METHODS:
+            models[m] = _filtered_model(run, m, train_start, base, blocks, tok, masks.get("ifguide"), scores.get("differential"))
         elif m == "dpo":
             models[m] = _dpo_model(run, base)
 
@@ -417,23 +418,25 @@ def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
     return run.select("proxy", scores), scores
 
 
-def _filtered_model(run: Run, method: str, start: str, base: str, blocks: str, tok: str, like_mask: str, scores: str | None) -> str:
-    """Train on the corpus minus documents a filter drops, at IF-Guide's token budget."""
+def _filtered_model(run: Run, method: str, start: str, base: str, blocks: str, tok: str, like_mask: str | None,
+                    scores: str | None) -> str:
+    """Train on the corpus minus the blocks a filter drops: at IF-Guide's token budget, or (filter-oracle)
+    every block with labelled toxicity."""
     try:
         from ifguide.baselines.filtering import filter_to_artifact, read_rows
     except ImportError as e:  # pragma: no cover - depends on the optional module being present
         raise InputError(f"method {method}: the filtering baselines are unavailable ({e})") from None
 
-    by_scorer = method == "filter-scorer"
+    by_scorer, by_labels = method == "filter-scorer", method == "filter-oracle"
+    scorer = run.cfg.evaluation.scorer if by_scorer else None
+    scores = scores if method == "filter-influence" else None
+    like_mask = None if by_labels else like_mask
 
     def build(out: Path) -> None:
-        filter_to_artifact(blocks, out, like_mask=like_mask, tokenizer=tok,
-                           scorer=run.cfg.evaluation.scorer if by_scorer else None,
-                           scores=None if by_scorer else scores)
+        filter_to_artifact(blocks, out, like_mask=like_mask, tokenizer=tok, scorer=scorer, scores=scores, labels=by_labels)
 
-    key = {"blocks": artifact_fingerprint(blocks), "like_mask": artifact_fingerprint(like_mask),
-           "scorer": run.cfg.evaluation.scorer if by_scorer else None,
-           "scores": None if by_scorer else artifact_fingerprint(scores)}
+    key = {"blocks": artifact_fingerprint(blocks), "like_mask": like_mask and artifact_fingerprint(like_mask),
+           "scorer": scorer, "scores": scores and artifact_fingerprint(scores), "labels": by_labels}
     rows_dir = run.stages.run(f"rows/{method}", key, build)
     config = run.method_train_config(base, rows=read_rows(rows_dir, blocks).tolist())
     return run.train_stage(f"models/{method}", start, blocks, config)
