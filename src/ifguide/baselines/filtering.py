@@ -237,8 +237,9 @@ def rows_without_labelled_toxicity(blocks: str | os.PathLike | Blocks) -> tuple[
         for start in range(0, labels.shape[0], DECODE_CHUNK_ROWS)
     ])
     keep = np.setdiff1d(np.arange(blocks.n_blocks, dtype=np.int64), toxic_rows)
-    info = {"kind": "labels", **_budget_info(len(toxic_rows) * blocks.block_size, toxic_rows, blocks.n_blocks, blocks.block_size),
-            **_ground_truth_info(blocks, toxic_rows)}
+    dropped = _budget_info(0, toxic_rows, blocks.n_blocks, blocks.block_size)
+    del dropped["budget_tokens"]  # this filter has none
+    info = {"kind": "labels", **dropped, **_ground_truth_info(blocks, toxic_rows)}
     if keep.size == 0:
         raise InputError(f"{blocks.path}: every block holds labelled toxicity; the perfect filter would keep nothing")
     logger.info("perfect filter: dropped the %d blocks with labelled toxicity (%d tokens)", len(toxic_rows),

@@ -436,7 +436,9 @@ def _filtered_model(run: Run, method: str, start: str, base: str, blocks: str, t
         filter_to_artifact(blocks, out, like_mask=like_mask, tokenizer=tok, scorer=scorer, scores=scores, labels=by_labels)
 
     key = {"blocks": artifact_fingerprint(blocks), "like_mask": like_mask and artifact_fingerprint(like_mask),
-           "scorer": scorer, "scores": scores and artifact_fingerprint(scores), "labels": by_labels}
+           "scorer": scorer, "scores": scores and artifact_fingerprint(scores)}
+    if by_labels:  # only then, so that runs made before filter-oracle existed keep their filter stages
+        key["labels"] = True
     rows_dir = run.stages.run(f"rows/{method}", key, build)
     config = run.method_train_config(base, rows=read_rows(rows_dir, blocks).tolist())
     return run.train_stage(f"models/{method}", start, blocks, config)
