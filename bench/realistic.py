@@ -240,10 +240,10 @@ def head_to_head(out: Path) -> list[dict]:
     """
     from ifguide.evaluation.compare import compare
 
+    rivals = [(m, out / r / "eval" / m) for m, r in RIVALS if (out / r / "eval" / m / "results.json").is_file()]
     rows = []
     for label, run in (("ifguide (fine-tune)", "run"), ("ifguide (pre-train)", "run-pretrain")):
         ours = out / run / "eval" / "ifguide"
-        rivals = [(m, out / r / "eval" / m) for m, r in RIVALS if (out / r / "eval" / m / "results.json").is_file()]
         if not (ours / "results.json").is_file() or not rivals:
             continue
         table = compare([ours] + [d for _, d in rivals], names=[label] + [m for m, _ in rivals], baseline=label)
