@@ -252,3 +252,10 @@ def test_perfect_filter_refuses_blocks_without_labels(tmp_path, tokenizer_dir, c
     assert main(["filter", "--blocks", str(plain), "--labels", "--out", str(out)]) == 2
     assert "carry no toxic labels" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_filter_by_scorer_still_needs_a_budget(blocks_dir, tmp_path, capsys):
+    out = tmp_path / "rows"
+    assert main(["filter", "--blocks", blocks_dir, "--scorer", "profanity-check", "--out", str(out)]) == 2
+    assert "--budget-tokens or --like-mask" in capsys.readouterr().err
+    assert not out.exists()
