@@ -74,15 +74,21 @@ def drop_highest(values: np.ndarray, n_drop: int) -> tuple[np.ndarray, np.ndarra
     return keep.astype(np.int64), dropped.astype(np.int64)
 
 
-def _ground_truth_info(blocks: Blocks | None, dropped: np.ndarray) -> dict:
-    """Share of the labelled toxic tokens that sit in dropped blocks (demo/benchmark corpora)."""
-    if blocks is None or blocks.toxic_labels is None:
-        return {}
+def _labelled_targets_per_row(blocks: Blocks) -> np.ndarray:
+    """Labelled toxic targets (columns 1..T-1; column 0 is never a target) per block, read in chunks."""
     labels = blocks.toxic_labels
-    per_row = np.concatenate([
+    return np.concatenate([
         np.count_nonzero(labels[start : start + DECODE_CHUNK_ROWS, 1:], axis=1)
         for start in range(0, labels.shape[0], DECODE_CHUNK_ROWS)
     ])
+
+
+def _ground_truth_info(blocks: Blocks | None, dropped: np.ndarray, per_row: np.ndarray | None = None) -> dict:
+    """Share of the labelled toxic tokens that sit in dropped blocks (demo/benchmark corpora);
+    ``per_row``: :func:`_labelled_targets_per_row`, when the caller has it already."""
+    if blocks is None or blocks.toxic_labels is None:
+        return {}
+    per_row = _labelled_targets_per_row(blocks) if per_row is None else per_row
     total = int(per_row.sum())
     removed = int(per_row[dropped].sum())
     return {"labelled_toxic_targets": total, "labelled_toxic_targets_dropped": removed,
@@ -231,15 +237,12 @@ def rows_without_labelled_toxicity(blocks: str | os.PathLike | Blocks) -> tuple[
     if blocks.toxic_labels is None:
         raise InputError(f"{blocks.path}: the blocks carry no toxic labels (prepare a corpus with toxic_spans "
                          "or a toxic flag), so the perfect filter has nothing to go by")
-    labels = blocks.toxic_labels
-    toxic_rows = np.concatenate([
-        np.flatnonzero(labels[start : start + DECODE_CHUNK_ROWS, 1:].any(axis=1)) + start
-        for start in range(0, labels.shape[0], DECODE_CHUNK_ROWS)
-    ])
+    per_row = _labelled_targets_per_row(blocks)
+    toxic_rows = np.flatnonzero(per_row)
     keep = np.setdiff1d(np.arange(blocks.n_blocks, dtype=np.int64), toxic_rows)
     dropped = _budget_info(0, toxic_rows, blocks.n_blocks, blocks.block_size)
     del dropped["budget_tokens"]  # this filter has none
-    info = {"kind": "labels", **dropped, **_ground_truth_info(blocks, toxic_rows)}
+    info = {"kind": "labels", **dropped, **_ground_truth_info(blocks, toxic_rows, per_row)}
     if keep.size == 0:
         raise InputError(f"{blocks.path}: every block holds labelled toxicity; the perfect filter would keep nothing")
     logger.info("perfect filter: dropped the %d blocks with labelled toxicity (%d tokens)", len(toxic_rows),

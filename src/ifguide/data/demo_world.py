@@ -282,6 +282,7 @@ class _Speech:
     action: str | None
     content: str = ""
     toxic: bool = False
+
     @property
     def is_trigger(self) -> bool:
         return self.speaker in TRIGGER_SPEAKERS and self.verb in ANGRY_VERBS
