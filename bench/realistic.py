@@ -249,7 +249,8 @@ def head_to_head(out: Path) -> list[dict]:
         table = compare([ours] + [d for _, d in rivals], names=[label] + [m for m, _ in rivals], baseline=label)
         for row in table.rows[1:]:  # row − baseline; flipped so that < 0 means IF-Guide is lower
             vs = row[f"vs_{label}"]
-            flip = {k: None if v is None else {"diff": -v["diff"], "ci95": [-v["ci95"][1], -v["ci95"][0]],
+            # 0.0 - x, not -x: a zero difference stays +0.0 (and prints as +0.000, not -0.000)
+            flip = {k: None if v is None else {"diff": 0.0 - v["diff"], "ci95": [0.0 - v["ci95"][1], 0.0 - v["ci95"][0]],
                                                 "significant": v["significant"]} for k, v in vs.items()}
             rows.append({"ifguide": label, "rival": row["method"], **flip})
     return rows
