@@ -44,7 +44,7 @@ def bench_speed(n_tokens: int, seed: int = 0) -> dict:
     ref = select_toxic_tokens(scores, impl="reference")
     t_ref = time.perf_counter() - t0
     times = []
-    for _ in range(3):
+    for _ in range(7):  # ~10 ms each: the best of several is the machine's speed, not its noise
         t0 = time.perf_counter()
         vec = select_toxic_tokens(scores)
         times.append(time.perf_counter() - t0)

@@ -217,3 +217,56 @@ def test_bad_input_is_refused(scores, kwargs, match):
 def test_shards_must_agree_on_block_length():
     with pytest.raises(InputError, match="block length"):
         select_toxic_tokens([np.ones((2, 3)), np.ones((2, 4))])
+
+
+# --- the fast paths: sampled quantile bound, sparse windows ------------------------------------
+
+
+def test_in_memory_quantile_bound_is_checked_and_exact():
+    """The sampled lower bound path and its fallback both give numpy's quantile to the bit."""
+    from ifguide.selection.quantile import _in_memory_order_statistics, quantile_ranks
+
+    rng = np.random.default_rng(5)
+    for it in range(40):
+        dtype = DTYPES[it % 3]
+        x = random_scores(rng, 40, 60, dtype, ["normal", "ties", "wide", "cauchy"][it % 4]).reshape(-1)
+        if it % 5 == 0:  # adversarial: the strided sample sees only huge values, so its bound is too high
+            x[:: x.size // 64] = dtype(1000)
+        p = float(rng.choice([0.99, 0.9, 0.5, 1 - 1e-9]))
+        finite = np.sort(x[np.isfinite(x)])
+        before = x.copy()
+        x_lo, x_hi, n, above = _in_memory_order_statistics(x, p, owned=False, sample_size=64)
+        assert np.array_equal(x, before, equal_nan=True)  # not owned: left untouched
+        lo, hi = quantile_ranks(finite.size, p)
+        assert n == finite.size and same_bits(x_lo, finite[lo]) and same_bits(x_hi, finite[hi])
+        if it % 5 == 0:
+            assert above is None  # the bound failed its check and every value was partitioned
+        if above is not None:
+            bound, positions = above
+            assert bound < x_lo and np.array_equal(positions, np.flatnonzero(x > bound))
+        assert same_bits(exact_quantile(x.reshape(40, 60), p).value, np.quantile(finite, p))
+
+
+def test_in_memory_quantile_refuses_infinities_on_every_path():
+    x = np.random.default_rng(0).normal(size=(64, 512)).astype(np.float32)  # above the sample size
+    for bad in (np.inf, -np.inf):
+        y = x.copy()
+        y[3, 7] = bad
+        with pytest.raises(InputError, match="inf"):
+            exact_quantile(y, 0.99)
+        with pytest.raises(InputError, match="inf"):
+            exact_quantile(y, 0.2)  # lower quantile: no sampled bound
+    with pytest.raises(InputError, match="NaN"):
+        exact_quantile(np.full((64, 512), np.nan, dtype=np.float32), 0.99)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9, 40])
+def test_vectorised_matches_reference_above_the_sample_size(window):
+    """Scores large enough for the sampled quantile and, for w >= 9, the dense window fallback."""
+    rng = np.random.default_rng(window)
+    x = random_scores(rng, 24, 900, np.float32, "normal", nan_frac=0.02)
+    x[rng.random(x.shape) < 0.002] += 5.0  # a few strong tokens
+    for kwargs in (dict(threshold=0.99, window=window, budget=0.02), dict(threshold=0.95, window=window, budget=0.3)):
+        ref = select_toxic_tokens(x, impl="reference", **kwargs)
+        for chunk in (10**9, 900 * 5):
+            assert_same_selection(select_toxic_tokens(x, chunk_elements=chunk, **kwargs), ref)

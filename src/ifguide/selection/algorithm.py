@@ -18,6 +18,8 @@ order only ever add positions to the right of what earlier windows covered, so t
 document adds, in order, are exactly the finite positions of its dilated toxic mask, ascending.
 The walk therefore reduces to a cumulative sum of per-document candidate counts in rank order;
 only the one document where the budget runs out is cut, keeping its leftmost candidates.
+Toxic tokens are about 1 - p of the scores, so after one scan for ``S > tau`` everything works
+on their flat positions (and their windows' positions) rather than on dense [N, T] masks.
 
 Floating point: ``f_i`` is summed in float64, left to right along the row (``np.cumsum`` is a
 sequential accumulation), and the normalisation and rank use the same float64 operations in
@@ -155,17 +157,16 @@ def dilate_rows(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def row_sums_left_to_right(values: np.ndarray, toxic: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """float64 sum of ``values[toxic]`` per row, accumulated left to right (like a Python loop).
+def row_sums_left_to_right(picked: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float64 sum per row of ``picked`` (the rows' toxic values, row by row), accumulated left to right.
 
-    Only rows with toxic tokens are touched: their toxic values are packed into a zero-padded
-    [rows, max_count] array whose row-wise cumsum ends in the sequential sum.
+    ``counts[i]`` values of ``picked`` belong to row ``i``. They are packed into a zero-padded
+    [rows, max_count] array whose row-wise cumsum ends in the sequential sum (like a Python loop).
     """
-    sums = np.zeros(len(values), dtype=np.float64)
+    sums = np.zeros(len(counts), dtype=np.float64)
     rows = np.flatnonzero(counts)
     if rows.size == 0:
         return sums
-    picked = values[toxic].astype(np.float64)  # row-major: row by row, j ascending
     c = counts[rows]
     starts = np.cumsum(c) - c
     slot = np.arange(picked.size) - np.repeat(starts, c)
@@ -175,18 +176,49 @@ def row_sums_left_to_right(values: np.ndarray, toxic: np.ndarray, counts: np.nda
     return sums
 
 
-def _chunk_candidates(chunk: np.ndarray, tau: np.floating, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(toxic mask, candidate mask = finite positions within the window of a toxic one)."""
-    toxic = chunk > tau  # NaN compares False
-    candidates = dilate_rows(toxic, window) & ~np.isnan(chunk)
-    return toxic, candidates
+# Windows wider than this many positions are dilated on a dense mask: the sparse merge below
+# costs 2w + 1 copies of the toxic positions, the dense dilation O(log w) passes over the chunk.
+_SPARSE_WINDOW_WIDTH = 17
 
 
-def _document_statistics(source: ScoreSource, tau: np.floating, window: int, chunk_elements: int):
+def _toxic_positions(chunk: np.ndarray, tau: np.floating) -> np.ndarray:
+    """Flat (row-major) indices of the scores strictly above ``tau``, ascending (NaN compares False)."""
+    return np.flatnonzero(chunk > tau)
+
+
+def _window_positions(chunk: np.ndarray, toxic: np.ndarray, window: int) -> np.ndarray:
+    """Flat indices, ascending and unique, of the finite positions within ``window`` of a toxic
+    position in the same row: the candidates the walk can select.
+
+    Toxic positions are about 1 % of a chunk, so the candidates are built from them rather than
+    by dilating a dense mask: each offset ``d`` gives an ascending run of positions, and a stable
+    sort of the 2w + 1 runs is a linear merge (timsort finds the runs).
+    """
+    n_cols = chunk.shape[1]
+    if window == 0 or toxic.size == 0:
+        return toxic  # toxic scores are finite
+    if 2 * window + 1 > _SPARSE_WINDOW_WIDTH:
+        mask = np.zeros(chunk.shape, dtype=bool)
+        mask.reshape(-1)[toxic] = True
+        return np.flatnonzero(dilate_rows(mask, window) & ~np.isnan(chunk))
+    col = toxic % n_cols
+    runs = [toxic[(col + d >= 0) & (col + d < n_cols)] + d for d in range(-window, window + 1)]
+    pos = np.sort(np.concatenate(runs), kind="stable")
+    pos = pos[np.concatenate(([True], pos[1:] != pos[:-1]))]
+    return pos[~np.isnan(chunk.reshape(-1)[pos])]
+
+
+def _per_row_counts(positions: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """How many of the ascending flat ``positions`` fall in each row (binary search of the row starts)."""
+    return np.diff(np.searchsorted(positions, np.arange(n_rows + 1) * n_cols))
+
+
+def _document_statistics(source: ScoreSource, tau: np.floating, window: int, chunk_elements: int, above=None):
     """One pass: per-row toxic counts s, sums f and window-candidate counts c.
 
-    Also returns the candidate mask when the scores fit in one chunk, so that writing the mask
-    need not recompute it.
+    Also returns the candidate positions when the scores fit in one chunk, so that writing the
+    mask need not recompute them. ``above`` (from the quantile: a bound and the flat positions
+    of the scores above it) spares the one-chunk case a scan of the scores for ``> tau``.
     """
     n = source.n_rows
     s = np.zeros(n, dtype=np.int64)
@@ -196,11 +228,15 @@ def _document_statistics(source: ScoreSource, tau: np.floating, window: int, chu
     candidates = None
     with Progress(total=n, desc="rank documents", unit="row") as bar:
         for first, chunk in source.iter_chunks(chunk_elements):
-            rows = slice(first, first + len(chunk))
-            toxic, candidates = _chunk_candidates(chunk, tau, window)
-            s[rows] = np.count_nonzero(toxic, axis=1)
-            f[rows] = row_sums_left_to_right(chunk, toxic, s[rows])
-            c[rows] = np.count_nonzero(candidates, axis=1)
+            rows, n_cols = slice(first, first + len(chunk)), chunk.shape[1]
+            if single_chunk and above is not None and above[0] <= tau:
+                toxic = above[1][chunk.reshape(-1)[above[1]] > tau]
+            else:
+                toxic = _toxic_positions(chunk, tau)
+            candidates = _window_positions(chunk, toxic, window)
+            s[rows] = _per_row_counts(toxic, len(chunk), n_cols)
+            f[rows] = row_sums_left_to_right(chunk.reshape(-1)[toxic], s[rows])
+            c[rows] = _per_row_counts(candidates, len(chunk), n_cols)
             bar.update(len(chunk))
     return s, f, c, (candidates if single_chunk else None)
 
@@ -241,14 +277,16 @@ class _MaskWriter:
             )
         self.row = 0
 
-    def write(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=bool)
-        if self.file is not None:
+    def write_positions(self, n_rows: int, positions: np.ndarray) -> None:
+        """Append ``n_rows`` rows that are True exactly at ``positions`` (flat indices within them)."""
+        if self.file is None:  # set them in place: the array is already zero
+            self.array.reshape(-1)[self.row * self.shape[1] + positions] = True
+        else:
+            rows = np.zeros(n_rows * self.shape[1], dtype=bool)
+            rows[positions] = True
             self.hash.update(rows)
             self.file.write(rows.tobytes())
-        else:
-            self.array[self.row : self.row + len(rows)] = rows
-        self.row += len(rows)
+        self.row += n_rows
 
     def close(self) -> np.ndarray:
         if self.file is None:
@@ -266,18 +304,18 @@ def _write_mask(
         for first, chunk in source.iter_chunks(chunk_elements):
             rows = slice(first, first + len(chunk))
             chunk_take = take[rows]
-            if not chunk_take.any():
-                writer.write(np.zeros(chunk.shape, dtype=bool))
-                continue
-            if cached_candidates is not None:
-                candidates = cached_candidates
-            else:
-                _, candidates = _chunk_candidates(chunk, tau, window)
-            whole = chunk_take == candidate_counts[rows]
-            mask = candidates & whole[:, None]
-            for r in np.flatnonzero(~whole & (chunk_take > 0)):  # at most one row: the budget cut
-                mask[r] = candidates[r] & (np.cumsum(candidates[r]) <= chunk_take[r])
-            writer.write(mask)
+            selected = np.zeros(0, dtype=np.int64)
+            if chunk_take.any():
+                if cached_candidates is not None:
+                    candidates = cached_candidates
+                else:
+                    candidates = _window_positions(chunk, _toxic_positions(chunk, tau), window)
+                # each row keeps its leftmost `take` candidates: all of them but at the budget cut
+                counts = candidate_counts[rows]
+                row = np.repeat(np.arange(len(chunk)), counts)  # candidates are grouped by row, ascending
+                rank_in_row = np.arange(candidates.size) - (np.cumsum(counts) - counts)[row]
+                selected = candidates[rank_in_row < chunk_take[row]]
+            writer.write_positions(len(chunk), selected)
     except BaseException:
         if writer.file is not None:
             writer.file.close()
@@ -288,7 +326,7 @@ def _write_mask(
 def _select_vectorised(source: ScoreSource, params: SelectionParams, out, chunk_elements: int, gather_limit: int) -> Selection:
     q = exact_quantile(source, params.threshold, chunk_elements=chunk_elements, gather_limit=gather_limit)
     tau, budget = q.value, params.budget_tokens(q.n_finite)
-    s, f, c, cached = _document_statistics(source, tau, params.window, chunk_elements)
+    s, f, c, cached = _document_statistics(source, tau, params.window, chunk_elements, q.above)
     ranks = document_ranks(s, f)
     ranked = rank_order(ranks, s)
     take = _tokens_per_document(ranked, c, budget)

@@ -7,7 +7,8 @@ every float maps to an unsigned integer key with the same order, and histograms 
 16-bit digits (one pass over the data per digit, most significant first) narrow each target
 rank to a single key. As soon as the values still in play fit in memory they are gathered and
 finished with ``np.partition``. float16 keys have one digit, so one pass suffices; float32
-usually needs one pass and a small gather.
+usually needs one pass and a small gather. Scores that fit in memory are partitioned directly;
+for an upper quantile only the values above a (verified) bound from a strided sample are.
 
 The final interpolation is delegated to ``numpy.quantile`` itself on the two order statistics
 (``np.quantile([x_lo, x_hi], g)`` runs exactly the same float operations), so the result is
@@ -40,6 +41,9 @@ class QuantileResult:
     value: np.floating
     n_finite: int
     passes: int
+    # (bound, flat positions of the scores > bound), bound <= value, when the in-memory path found
+    # them on the way: selection reuses them instead of scanning the scores again for > value
+    above: tuple[np.floating, np.ndarray] | None = None
 
 
 def float_to_key(values: np.ndarray) -> np.ndarray:
@@ -197,6 +201,57 @@ def _out_of_core_order_statistics(
     return x_lo, x_hi, n_finite, passes
 
 
+SAMPLE_SIZE = 1 << 14  # values sampled to bound an upper quantile from below
+
+
+def _in_memory_order_statistics(values: np.ndarray, p: float, owned: bool, sample_size: int = SAMPLE_SIZE):
+    """The two order statistics of the finite ``values`` (flat), their count, and, when found on
+    the way, the positions of the values above a bound below both statistics (else None).
+
+    ``values`` is partitioned in place only when ``owned``. For an upper quantile (the
+    selection's p = 0.99) only the values above a lower bound are partitioned: the bound is a
+    lower quantile of a strided sample, and it is *verified*, not trusted: when more finite
+    values lie at or below it than the wanted rank, every value is partitioned instead. Either
+    way the result is exact.
+    """
+    n_finite = int(np.count_nonzero(np.isfinite(values)))
+    if n_finite == 0:
+        if np.isnan(values).all():
+            raise InputError("scores: every score is NaN; there is nothing to select from")
+        raise _infinite()
+    # -inf is the minimum wherever it occurs (fmin skips NaN); +inf is found among the values
+    # above the bound below, or by the full check on the fallback path
+    if np.fmin.reduce(values) == -np.inf:
+        raise _infinite()
+    ranks = list(quantile_ranks(n_finite, p))
+    if p >= 0.5 and values.size > sample_size:
+        sample = values[:: values.size // sample_size]
+        sample = sample[~np.isnan(sample)]
+        # six standard errors below the target in the sample: the bound holds unless the sample
+        # is far from representative, which the rank check below catches
+        margin = 6 * math.sqrt(p * (1 - p) / max(1, sample.size)) + 1 / max(1, sample.size)
+        if sample.size and p - margin > 0:
+            k = int((p - margin) * (sample.size - 1))
+            bound = np.partition(sample, k)[k]
+            positions = np.flatnonzero(values > bound)  # NaN compares False
+            above = values[positions]
+            if np.isinf(above).any():
+                raise _infinite()
+            n_at_or_below = n_finite - above.size
+            if ranks[0] >= n_at_or_below:
+                x_lo, x_hi = select_ranks(above, [r - n_at_or_below for r in ranks])
+                return x_lo, x_hi, n_finite, (bound, positions)
+    if np.isinf(values).any():
+        raise _infinite()
+    # NaN sorts after every number in np.partition, so the NaN need not be filtered out first
+    x_lo, x_hi = select_ranks(values if owned else values.copy(), ranks)
+    return x_lo, x_hi, n_finite, None
+
+
+def _infinite() -> InputError:
+    return InputError("scores contain +/-inf; only finite values (or NaN for 'no score') are allowed")
+
+
 def exact_quantile(
     scores: ScoresLike | list | ScoreSource,
     p: float,
@@ -214,17 +269,14 @@ def exact_quantile(
     source = open_scores(scores)
     total = source.n_rows * source.n_cols
     if total <= gather_limit:
-        # NaN sorts after every number in np.partition, so the NaN need not be filtered out first
-        values = np.concatenate([c.reshape(-1) for _, c in source.iter_chunks(chunk_elements)])
-        if np.isinf(values).any():
-            raise InputError("scores contain +/-inf; only finite values (or NaN for 'no score') are allowed")
-        n_finite = values.size - int(np.count_nonzero(np.isnan(values)))
-        if n_finite == 0:
-            raise InputError("scores: every score is NaN; there is nothing to select from")
-        x_lo, x_hi = select_ranks(values, list(quantile_ranks(n_finite, p)))
+        chunks = [c.reshape(-1) for _, c in source.iter_chunks(chunk_elements)]
+        values = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        x_lo, x_hi, n_finite, above = _in_memory_order_statistics(values, p, owned=len(chunks) > 1)
         passes = 1
     else:
         x_lo, x_hi, n_finite, passes = _out_of_core_order_statistics(source, p, chunk_elements, gather_limit)
+        above = None
     value = linear_quantile_from_order_statistics(x_lo, x_hi, n_finite, p)
     logger.debug("quantile p=%s of %d finite scores = %r (%d passes)", p, n_finite, value, passes)
-    return QuantileResult(value=value, n_finite=n_finite, passes=passes)
+    return QuantileResult(value=value, n_finite=n_finite, passes=passes,
+                          above=above if len(source.parts) == 1 else None)
