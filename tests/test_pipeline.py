@@ -236,3 +236,35 @@ def test_rad_with_an_independent_reward_model_is_a_stage_of_its_own(tmp_path, fi
         assert rad["scorer"] == f"hf:{copy / 'reward_model'}"
     with pytest.raises(InputError, match="rad_scorer or rad_reward_data"):
         config_from_dict(micro_config(world, evaluation={"rad_scorer": "wordlist", "rad_reward_data": labelled}))
+
+
+def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
+    """attribution.checkpoints: 2 scores the base's mid-training snapshot and the final model, each with
+    its own factors, and averages them. Snapshots do not change training: the final model, its factors
+    and its scores are those of the single-checkpoint run."""
+    import shutil
+
+    from ifguide.artifacts import read_meta
+    from ifguide.pipeline.run import run_pipeline
+
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = config_from_dict(micro_config(world, methods=["base", "ifguide"], attribution={"checkpoints": 2}))
+    run_pipeline(cfg, copy)
+    assert read_meta(copy / "models" / "base")["snapshots"] == ["snapshots/step-10"]
+    assert read_meta(copy / "models" / "base")["fingerprint"] == read_meta(run_dir / "models" / "base")["fingerprint"]
+    parts = [copy / "checkpoints" / step / "scores" / "differential" for step in ("step-10", "step-20")]
+    arrays = [np.load(p / "scores.npy") for p in parts]
+    np.testing.assert_array_equal(arrays[1], np.load(run_dir / "scores" / "differential" / "scores.npy"))
+    assert not np.allclose(arrays[0][:, 1:], arrays[1][:, 1:])  # the snapshot is another model
+    averaged = np.load(copy / "scores" / "differential" / "scores.npy")
+    np.testing.assert_allclose(averaged, (arrays[0].astype(np.float64) + arrays[1]) / 2, rtol=1e-6, atol=1e-12)
+    mask_meta = read_meta(copy / "masks" / "ifguide")
+    assert mask_meta["scores_fingerprint"] == read_meta(copy / "scores" / "differential")["fingerprint"]
+
+    with pytest.raises(InputError, match="attribution.checkpoints"):
+        config_from_dict(micro_config(world, attribution={"checkpoints": 0}))
+    with pytest.raises(InputError, match="needs a base model trained by the pipeline"):
+        config_from_dict(micro_config(world, setting="finetune", model={"path": str(run_dir / "models" / "base")},
+                                      attribution={"checkpoints": 2}))

@@ -3,10 +3,12 @@
 ``fit_factors`` fits the curvature factors of a causal LM on its training blocks; ``compute_scores``
 scores every training token by how much it makes toxic continuations more likely than safe ones.
 Both also run as a job array: ``fit_factor_shard``/``merge_factor_shards`` and
-``compute_score_shard``/``merge_score_shards``.
+``compute_score_shard``/``merge_score_shards``. ``average_scores`` averages the scores of several
+checkpoints of one training run.
 """
 
 from ifguide.attribution._shards import Shard
+from ifguide.attribution.average import average_scores
 from ifguide.attribution.factors import FactorConfig, fit_factor_shard, fit_factors, merge_factor_shards
 from ifguide.attribution.modules import discover_modules, linearize_conv1d
 from ifguide.attribution.scores import (
@@ -21,6 +23,7 @@ __all__ = [
     "FactorConfig",
     "ScoreConfig",
     "Shard",
+    "average_scores",
     "compute_score_shard",
     "compute_scores",
     "discover_modules",

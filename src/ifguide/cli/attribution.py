@@ -1,4 +1,4 @@
-"""Verbs ``fit-factors`` and ``score``: influence factors and token-wise influence scores."""
+"""Verbs ``fit-factors``, ``score`` and ``average-scores``: influence factors and token-wise influence scores."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average_scores(args: argparse.Namespace) -> int:
+    from ifguide.attribution.average import average_scores
+
+    average_scores(args.scores, args.out, dtype=args.scores_dtype)
+    return 0
+
+
 def register(subparsers) -> None:
     from ifguide.attribution.factors import PHASES, STRATEGIES
     from ifguide.attribution.scores import ALIGNMENTS, GRANULARITIES, MODES, SCORE_DTYPES
@@ -144,6 +151,17 @@ def register(subparsers) -> None:
     p.add_argument("--safe-max", type=float, default=0.1, help="unlabelled query is safe at toxicity <= this (0.1)")
     _add_sharding_args(p)
     p.set_defaults(func=_score)
+
+    p = subparsers.add_parser(
+        "average-scores",
+        help="average the scores of several checkpoints of one training run (same blocks, queries, coordinates)",
+        description="Checkpoint-averaged influence: train with `ifguide train --snapshots N`, fit factors and score "
+        "each OUT/snapshots/step-K and the final model, then average the score directories here.",
+    )
+    p.add_argument("--scores", nargs="+", required=True, help="two or more scores directories (from `ifguide score`)")
+    p.add_argument("--out", required=True, help="scores directory to write")
+    p.add_argument("--scores-dtype", default="float32", choices=SCORE_DTYPES, help="dtype of scores.npy")
+    p.set_defaults(func=_average_scores)
 
 
 def _add_sharding_args(p: argparse.ArgumentParser) -> None:

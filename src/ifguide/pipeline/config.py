@@ -88,6 +88,10 @@ class AttributionSection:
     alignment: str = help_field("score position → target: 'next' (t → t+1) or 'same' (t → t, the reference code)", "next")
     modules: str | None = help_field("regex of modules to track (null: every Linear in the transformer blocks)", None)
     proxy: ModelConfig | None = help_field("a smaller model to compute scores with (shares the tokenizer)", None)
+    checkpoints: int = help_field(
+        "score with this many checkpoints of the base model's training, evenly spaced and ending with the final "
+        "model, and average the scores (TracIn-style; needs a base trained by the pipeline). 1: the final model "
+        "only, as in the paper", 1)
     ablations: list[str] = help_field(
         "score variants ('toxic-only', 'document') whose selections are checked against the corpus's ground-truth "
         "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
@@ -95,6 +99,8 @@ class AttributionSection:
     def __post_init__(self):
         if self.alignment not in ("next", "same"):
             raise InputError(f"config attribution.alignment: expected 'next' or 'same', got {self.alignment!r}")
+        if not isinstance(self.checkpoints, int) or self.checkpoints < 1:
+            raise InputError(f"config attribution.checkpoints: expected a whole number >= 1, got {self.checkpoints!r}")
         bad = [a for a in self.ablations if a not in ("toxic-only", "document")]
         if bad:
             raise InputError(f"config attribution.ablations: unknown {bad}; known: toxic-only, document")
@@ -198,6 +204,9 @@ class PipelineConfig:
             raise InputError("config methods: 'filter-oracle' needs the corpus's toxic labels (demo_labels: true)")
         if "proxy" in self.methods and self.attribution.proxy is None:
             raise InputError("config attribution.proxy: required by the method 'proxy'")
+        if self.attribution.checkpoints > 1 and self.setting == "finetune" and self.model.path:
+            raise InputError("config attribution.checkpoints: averaging over checkpoints needs a base model trained by "
+                             "the pipeline, but with setting finetune model.path is the base as it is; set it to 1")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -146,8 +146,9 @@ class Run:
     def base_model(self, start: str, blocks: str) -> str:
         cfg = self.cfg
         if cfg.setting == "finetune" and cfg.model.path:
-            return cfg.model.path  # a pre-trained model is the base as it is
-        return self.train_stage("models/base", start, blocks, self.base_train_config())
+            return cfg.model.path  # a pre-trained model is the base as it is (config refuses checkpoints > 1)
+        snapshots = {"snapshots": cfg.attribution.checkpoints} if cfg.attribution.checkpoints > 1 else {}
+        return self.train_stage("models/base", start, blocks, self.base_train_config(**snapshots))
 
     def method_train_config(self, base: str, **overrides):
         """Training configuration of a method: the base's (pretrain) or a short continuation (finetune)."""
@@ -190,6 +191,26 @@ class Run:
                "queries": [_file_key(a.queries_toxic), _file_key(a.queries_safe)], "mode": mode,
                "granularity": granularity, "alignment": a.alignment}
         return str(self.stages.run(name or f"scores/{variant}", key, build))
+
+    def influence_scores(self, variant: str, base: str, blocks: str) -> str:
+        """Scores of ``variant`` from the base model or, with ``attribution.checkpoints`` > 1, the mean of
+        the scores of its training snapshots and of the final model (each with its own factors)."""
+        if self.cfg.attribution.checkpoints <= 1:
+            return self.scores(variant, base, blocks, self.factors(base, blocks))
+        from ifguide.training.train import list_snapshots
+
+        final = f"step-{read_meta(base, stage='model')['steps']}"
+        parts = []
+        for model, tag in [(str(Path(base) / s), Path(s).name) for s in list_snapshots(base)] + [(base, final)]:
+            factors = self.factors(model, blocks, name=f"checkpoints/{tag}/factors")
+            parts.append(self.scores(variant, model, blocks, factors, name=f"checkpoints/{tag}/scores/{variant}"))
+
+        def build(out: Path) -> None:
+            from ifguide.attribution.average import average_scores
+
+            average_scores(parts, out)
+
+        return str(self.stages.run(f"scores/{variant}", {"average_of": [artifact_fingerprint(p) for p in parts]}, build))
 
     def document_scores(self, token_scores: str) -> str:
         """Document-level scores as the row sums of the token scores.
@@ -353,9 +374,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
     if needs_scores - {"differential"}:
         needs_scores.add("differential")
     if needs_scores:
-        factors = run.factors(base, blocks)
         for variant in sorted(needs_scores - {"document"}):
-            scores[variant] = run.scores(variant, base, blocks, factors)
+            scores[variant] = run.influence_scores(variant, base, blocks)
         if "document" in needs_scores:
             scores["document"] = run.document_scores(scores["differential"])
         if "differential" in scores:

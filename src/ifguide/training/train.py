@@ -29,6 +29,8 @@ from ifguide.training.objective import PENALTIES
 
 logger = logging.getLogger(__name__)
 
+SNAPSHOTS_DIR = "snapshots"
+
 
 @dataclass
 class TrainConfig:
@@ -54,6 +56,10 @@ class TrainConfig:
     )
     logging_steps: int = help_field("steps between log entries", 10)
     save_steps: int = help_field("steps between resumable checkpoints (0: none)", 0)
+    snapshots: int = help_field(
+        "also keep the weights at k/n of the steps, k = 1..n-1, in OUT/snapshots/step-N (inputs of checkpoint-averaged "
+        "influence; 0 or 1: none)", 0
+    )
     bf16: bool = help_field("bfloat16 mixed precision (GPU)", False)
     fp16: bool = help_field("float16 mixed precision (GPU)", False)
     rows: list[int] | None = help_field("train on these block rows only (baselines that drop documents)", None)
@@ -69,6 +75,8 @@ class TrainConfig:
             raise InputError(f"--max-steps: expected a positive number or -1, got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:
             raise InputError(f"--epochs: must be > 0, got {self.epochs}")
+        if self.snapshots < 0:
+            raise InputError(f"--snapshots: expected a non-negative number, got {self.snapshots}")
         for name in ("lr", "batch_size", "grad_accum", "logging_steps"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
@@ -83,6 +91,8 @@ class TrainConfig:
 def config_record(config: TrainConfig) -> dict:
     """The configuration as recorded in meta.json: the row list is summarised by its fingerprint."""
     record = dataclasses.asdict(config)
+    if not record["snapshots"]:
+        del record["snapshots"]  # runs without snapshots keep the records (and pipeline stage keys) they had
     if config.rows is not None:
         record["rows"] = {"n_rows": len(config.rows), "fingerprint": fingerprint_json(config.rows)}
     return record
@@ -151,7 +161,7 @@ def train(
     from ifguide.models import fingerprint_model, load_model, load_tokenizer
     from ifguide.training.data import BlockDataset, load_mask
     from ifguide.training.plots import plot_loss_curve
-    from ifguide.training.trainer import SuppressionLogCallback, SuppressionTrainer
+    from ifguide.training.trainer import SnapshotCallback, SuppressionLogCallback, SuppressionTrainer
 
     config = config or TrainConfig()
     blocks = blocks if isinstance(blocks, Blocks) else Blocks.open(blocks)
@@ -197,6 +207,10 @@ def train(
     else:
         _load_checkpoint_weights(model, checkpoint)
     trainer.add_callback(SuppressionLogCallback(trainer, log_path))
+    if config.snapshots > 1:
+        snapshot_meta = {"blocks_fingerprint": blocks.fingerprint, "tokenizer_fingerprint": blocks.tokenizer_fingerprint,
+                         "init_fingerprint": start_fingerprint, "run_key": run_key}
+        trainer.add_callback(SnapshotCallback(config.snapshots, work / SNAPSHOTS_DIR, tokenizer, snapshot_meta))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
@@ -212,6 +226,8 @@ def train(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.copy(log_path, tmp / "train_log.jsonl")
+        if (work / SNAPSHOTS_DIR).is_dir():
+            shutil.move(work / SNAPSHOTS_DIR, tmp / SNAPSHOTS_DIR)
         plot_loss_curve(tmp / "train_log.jsonl", tmp / "loss_curve.png")
         write_meta(
             tmp,
@@ -223,6 +239,7 @@ def train(
             tokenizer_fingerprint=blocks.tokenizer_fingerprint,
             mask=mask_info,
             steps=trainer.state.global_step,
+            snapshots=list_snapshots(tmp),
             final_loss=result.training_loss,
             seconds=seconds,
             tokens_per_second=tokens / seconds if seconds > 0 else None,
@@ -232,6 +249,16 @@ def train(
     logger.info("trained %d steps in %.1f s -> %s", trainer.state.global_step, seconds, out)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def list_snapshots(model_dir: str | os.PathLike) -> list[str]:
+    """The snapshot directories a training run kept (``--snapshots``), relative to the model
+    directory, in step order; the final model itself is not among them."""
+    root = Path(model_dir) / SNAPSHOTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    return [f"{SNAPSHOTS_DIR}/{p.name}" for p in sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))]
 
 
 def _prepare_work_dir(work: Path, run_key: str, resume: bool) -> None:

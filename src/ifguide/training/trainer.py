@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -135,3 +136,54 @@ class SuppressionLogCallback(TrainerCallback):
         local = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
         summed = accelerator.reduce(local, reduction="sum").tolist()
         return {k: (round(v) if k.startswith("n_") else v) for k, v in zip(keys, summed)}
+
+
+def snapshot_steps(total_steps: int, n: int) -> list[int]:
+    """Steps ``round(k * total / n)`` for ``k = 1 .. n-1``: the evenly spaced points of a run at which
+    :class:`SnapshotCallback` saves the weights (step ``total`` is the final model itself)."""
+    return sorted({s for k in range(1, n) if 0 < (s := round(k * total_steps / n)) < total_steps})
+
+
+class SnapshotCallback(TrainerCallback):
+    """Saves the weights (and tokenizer) at evenly spaced steps into ``directory/step-N``.
+
+    Influence computed at one converged model under-weights what it has already memorised (a
+    confidently predicted token has a small gradient); averaging scores over a few checkpoints
+    of the same run (as TracIn does) is the usual remedy, and these snapshots are its inputs.
+    A snapshot is written to a temporary name and renamed, so a killed run leaves none half-written.
+    """
+
+    def __init__(self, n: int, directory: str | Path, tokenizer=None, meta: dict | None = None):
+        self.n = n
+        self.directory = Path(directory)
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+        self.steps: list[int] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.steps = snapshot_steps(state.max_steps, self.n)
+        if state.is_world_process_zero and self.directory.is_dir():
+            # a resumed run keeps the snapshots up to its checkpoint; later ones (or all, when it
+            # starts over) are rewritten by this run
+            for old in self.directory.iterdir():
+                step = old.name.lstrip(".").removeprefix("step-").removesuffix(".tmp")
+                if not step.isdigit() or int(step) > state.global_step or old.name.startswith("."):
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step not in self.steps or not state.is_world_process_zero:
+            return
+        final = self.directory / f"step-{state.global_step}"
+        tmp = self.directory / f".step-{state.global_step}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        unwrapped = model.module if hasattr(model, "module") else model
+        unwrapped.save_pretrained(tmp)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(tmp)
+        from ifguide.artifacts import write_meta
+        from ifguide.models import fingerprint_model
+
+        write_meta(tmp, "model", **self.meta, snapshot_step=state.global_step, total_steps=state.max_steps,
+                   fingerprint=fingerprint_model(unwrapped))
+        tmp.rename(final)
+        logger.info("snapshot at step %d -> %s", state.global_step, final)

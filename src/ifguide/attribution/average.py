@@ -1,0 +1,98 @@
+"""Checkpoint-averaged influence: the mean of several score artifacts of the same blocks.
+
+Influence computed at one converged model is blind to what the model has memorised: a target it
+predicts confidently has a near-zero gradient, however much it taught. On a small corpus seen for
+several epochs this hides the very tokens IF-Guide looks for (on the demo world, the token AUROC
+of the planted insults falls from 0.87 at the first epoch's end to 0.77 at the end of training).
+Scoring a few checkpoints of the same run and averaging, as TracIn does with its checkpoints,
+keeps each token's influence from the stages of training where it was still being learned.
+
+The inputs must describe the same thing in the same coordinates: the same blocks, tokenizer,
+query mode, granularity and alignment, and the same positions without a score. The mean is
+plain (unweighted) and computed in float64; a score that is NaN in one input must be NaN in all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ifguide.artifacts import artifact_dir, fingerprint_array, read_meta, write_meta
+from ifguide.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# What every input must share: averaging scores of other blocks, queries or coordinates is meaningless.
+MUST_AGREE = ("blocks_fingerprint", "tokenizer_fingerprint", "mode", "granularity", "alignment_mode")
+ROWS_PER_CHUNK = 4096
+
+
+def _open_inputs(scores: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], list[dict]]:
+    if len(scores) < 2:
+        raise InputError(f"--scores: give at least two score directories to average, got {len(scores)}")
+    arrays, metas = [], []
+    for path in map(Path, scores):
+        if not (path / "scores.npy").is_file():
+            raise InputError(f"{path}: not a scores directory (missing scores.npy)")
+        metas.append(read_meta(path, stage="scores"))
+        arrays.append(np.load(path / "scores.npy", mmap_mode="r"))
+    first = Path(scores[0])
+    for path, arr, meta in zip(map(Path, scores), arrays, metas):
+        if arr.shape != arrays[0].shape:
+            raise InputError(f"{path}: scores of shape {arr.shape}, but {first} has {arrays[0].shape}")
+        for key in MUST_AGREE:
+            if meta.get(key) != metas[0].get(key):
+                raise InputError(f"{path}: {key} is {meta.get(key)!r}, but {first} has {metas[0].get(key)!r}; "
+                                 "only scores of the same blocks, queries and coordinates can be averaged")
+    return arrays, metas
+
+
+def average_scores(scores: Sequence[str | os.PathLike], out: str | os.PathLike, *, dtype: str = "float32") -> Path:
+    """Write the element-wise mean of the score artifacts ``scores`` to the scores artifact ``out``.
+
+    Typically one artifact per checkpoint of a training run (``ifguide train --snapshots``), each
+    scored with factors fitted for that checkpoint. The result is an ordinary scores artifact:
+    ``ifguide select`` and the rest of the pipeline read it like any other.
+    """
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"--scores-dtype: expected float32 or float16, got {dtype!r}")
+    arrays, metas = _open_inputs(scores)
+    out = Path(out)
+    shape = arrays[0].shape
+    with artifact_dir(out) as tmp:
+        dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.dtype(dtype), shape=shape)
+        for start in range(0, shape[0], ROWS_PER_CHUNK):
+            stop = min(shape[0], start + ROWS_PER_CHUNK)
+            total = np.zeros((stop - start, shape[1]), dtype=np.float64)
+            finite = None
+            for path, arr in zip(scores, arrays):
+                rows = np.asarray(arr[start:stop], dtype=np.float64)
+                here = np.isfinite(rows)
+                if finite is None:
+                    finite = here
+                elif not np.array_equal(here, finite):
+                    raise InputError(f"{path}: its scored positions differ from {scores[0]}'s (rows {start}..{stop - 1})")
+                total += np.where(here, rows, 0.0)
+            dst[start:stop] = np.where(finite, total / len(arrays), np.nan)
+        dst.flush()
+        first = metas[0]
+        inherited = {k: first[k] for k in (*MUST_AGREE, "alignment", "query_counts", "thresholds", "normalisation",
+                                           "strategy", "modules") if k in first}
+        write_meta(
+            tmp,
+            "scores",
+            **inherited,
+            args={"scores": [str(p) for p in scores], "dtype": dtype},
+            averaged_over=[{"scores": str(p), "fingerprint": m.get("fingerprint"), "model": m.get("model"),
+                            "model_fingerprint": m.get("model_fingerprint")} for p, m in zip(scores, metas)],
+            model=[m.get("model") for m in metas],
+            scores_dtype=dtype,
+            fingerprint=fingerprint_array(dst),
+        )
+        del dst
+    logger.info("mean of %d score artifacts -> %s", len(arrays), out)
+    return out
