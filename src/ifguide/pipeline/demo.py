@@ -17,7 +17,9 @@ from ifguide.pipeline.config import PipelineConfig, config_from_dict
 logger = logging.getLogger("ifguide.pipeline")
 
 # Sized so that `ifguide demo` finishes in well under 10 minutes on 2 CPU cores.
-DEMO_WORLD = {"n_docs": 3000, "toxic_token_rate": 0.015, "n_eval_prompts": 40, "n_queries": 32}
+# 128 queries: with 32, one query's incidental words ("Get out of my water mill") became "toxic" in
+# the scores; the query gradient is one aggregated pass, so more queries cost little.
+DEMO_WORLD = {"n_docs": 3000, "toxic_token_rate": 0.015, "n_eval_prompts": 40, "n_queries": 128}
 
 
 def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> PipelineConfig:
@@ -34,7 +36,10 @@ def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> Pipeli
         "train": {"epochs": 4.0 if quick else 2.0, "lr": 3e-3, "batch_size": 16, "logging_steps": 10},
         "attribution": {"queries_toxic": str(world.queries_toxic), "queries_safe": str(world.queries_safe),
                         "strategy": "ekfac", "max_blocks": 512, "batch_size": 16,
-                        "ablations": ["toxic-only", "document"]},
+                        # two epochs over a templated corpus: the final model has memorised the insults
+                        # (small gradients), so scores are averaged with those of the mid-training
+                        # checkpoint (2 was the most reliable over 7 query draws; see the README)
+                        "checkpoints": 2, "ablations": ["toxic-only", "document"]},
         # The paper's −λ·CE, bounded at 8 nats: unbounded, it runs away on this small world (the
         # toxic-target CE passed 50 and insults spread to unrelated contexts); see bench/penalty.py.
         "selection": {"threshold": 0.99, "window": 1, "budget": 0.02, "lam": 1.0, "ce_clip": 8.0},
