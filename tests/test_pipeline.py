@@ -133,6 +133,7 @@ def test_end_to_end_writes_summary_report_and_every_stage(finished_run):
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table" in html
     assert 'src="http' not in html and "<link" not in html  # self-contained: viewable offline
+    assert "Influence scores are those of the final base model." in html
     for stage in ("tokenizer", "blocks", "heldout", "models/base", "factors", "scores/differential",
                   "masks/ifguide", "masks/random", "models/ifguide", "eval/base", "eval/random"):
         assert (run_dir / stage / "meta.json").is_file(), stage
@@ -262,6 +263,7 @@ def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
     np.testing.assert_allclose(averaged, (arrays[0].astype(np.float64) + arrays[1]) / 2, rtol=1e-6, atol=1e-12)
     mask_meta = read_meta(copy / "masks" / "ifguide")
     assert mask_meta["scores_fingerprint"] == read_meta(copy / "scores" / "differential")["fingerprint"]
+    assert "averaged over 2 checkpoints of the base run (step-10, step-20)" in (copy / "report.html").read_text()
 
     with pytest.raises(InputError, match="attribution.checkpoints"):
         config_from_dict(micro_config(world, attribution={"checkpoints": 0}))

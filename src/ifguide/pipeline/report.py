@@ -224,6 +224,19 @@ img { max-width: 100%; } .note { color: #555; font-size: 13px; }
 """
 
 
+def _scores_note(scores: dict) -> str:
+    """Which model(s) the influence scores come from: the final base model, or a checkpoint average."""
+    from ifguide.artifacts import read_meta
+
+    if "differential" not in scores:
+        return ""
+    averaged = read_meta(scores["differential"]).get("averaged_over")
+    if not averaged:
+        return " Influence scores are those of the final base model."
+    steps = ", ".join(Path(part["scores"]).parent.parent.name for part in averaged)
+    return f" Influence scores are averaged over {len(averaged)} checkpoints of the base run ({html.escape(steps)})."
+
+
 def write_report(run, summary, methods, evals, models, masks, scores, blocks, tok) -> Path:
     """Write ``report.html`` (self-contained: every image is embedded)."""
     from ifguide.data.blocks import Blocks
@@ -235,7 +248,8 @@ def write_report(run, summary, methods, evals, models, masks, scores, blocks, to
              f"<p class='note'>Run directory <code>{html.escape(str(run.root))}</code>; setting <b>{cfg.setting}</b>; "
              f"{len(methods)} methods; {summary['seconds']:.0f} s in all. Scores are mean ± sd over sampling seeds "
              f"{cfg.evaluation.seeds}; × is the reduction factor against <b>{html.escape(cfg.baseline)}</b>. Precision counts "
-             "a selected token as correct when it is planted toxicity or within the selection window of it.</p>",
+             "a selected token as correct when it is planted toxicity or within the selection window of it."
+             f"{_scores_note(scores)}</p>",
              "<h2>Comparison</h2>", _summary_table(summary, methods),
              _paired_table(summary, methods, cfg.baseline)]
     if summary.get("control"):
