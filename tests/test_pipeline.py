@@ -251,7 +251,9 @@ def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
     run_dir, _ = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    cfg = config_from_dict(micro_config(world, methods=["base", "ifguide"], attribution={"checkpoints": 2}))
+    proxy = {"arch": "llama", "preset": "micro", "init_seed": 1}
+    cfg = config_from_dict(micro_config(world, methods=["base", "ifguide", "proxy"],
+                                        attribution={"checkpoints": 2, "proxy": proxy}))
     run_pipeline(cfg, copy)
     assert read_meta(copy / "models" / "base")["snapshots"] == ["snapshots/step-10"]
     assert read_meta(copy / "models" / "base")["fingerprint"] == read_meta(run_dir / "models" / "base")["fingerprint"]
@@ -264,9 +266,19 @@ def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
     mask_meta = read_meta(copy / "masks" / "ifguide")
     assert mask_meta["scores_fingerprint"] == read_meta(copy / "scores" / "differential")["fingerprint"]
     assert "averaged over 2 checkpoints of the base run (step-10, step-20)" in (copy / "report.html").read_text()
+    # the proxy's scores are averaged the same way, under proxy/
+    proxy_parts = [np.load(copy / "proxy" / "checkpoints" / step / "scores" / "differential" / "scores.npy")
+                   for step in ("step-10", "step-20")]
+    np.testing.assert_array_equal(proxy_parts[1], np.load(run_dir / "proxy" / "scores" / "scores.npy"))
+    np.testing.assert_allclose(np.load(copy / "proxy" / "scores" / "scores.npy"),
+                               (proxy_parts[0].astype(np.float64) + proxy_parts[1]) / 2, rtol=1e-6, atol=1e-12)
+    assert read_meta(copy / "masks" / "proxy")["scores_fingerprint"] == read_meta(copy / "proxy" / "scores")["fingerprint"]
 
     with pytest.raises(InputError, match="attribution.checkpoints"):
         config_from_dict(micro_config(world, attribution={"checkpoints": 0}))
+    with pytest.raises(InputError, match="needs a proxy trained by the pipeline"):
+        config_from_dict(micro_config(world, methods=["base", "proxy"],
+                                      attribution={"checkpoints": 2, "proxy": {"path": str(run_dir / "models" / "base")}}))
     with pytest.raises(InputError, match="needs a base model trained by the pipeline"):
         config_from_dict(micro_config(world, setting="finetune", model={"path": str(run_dir / "models" / "base")},
                                       attribution={"checkpoints": 2}))

@@ -89,9 +89,9 @@ class AttributionSection:
     modules: str | None = help_field("regex of modules to track (null: every Linear in the transformer blocks)", None)
     proxy: ModelConfig | None = help_field("a smaller model to compute scores with (shares the tokenizer)", None)
     checkpoints: int = help_field(
-        "score with this many checkpoints of the base model's training, evenly spaced and ending with the final "
-        "model, and average the scores (TracIn-style; needs a base trained by the pipeline). 1: the final model "
-        "only, as in the paper", 1)
+        "score with this many checkpoints of the training of the scoring model (the base, or the proxy), evenly "
+        "spaced and ending with the final model, and average the scores (TracIn-style; needs a model trained by "
+        "the pipeline). 1: the final model only, as in the paper", 1)
     ablations: list[str] = help_field(
         "score variants ('toxic-only', 'document') whose selections are checked against the corpus's ground-truth "
         "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
@@ -207,6 +207,9 @@ class PipelineConfig:
         if self.attribution.checkpoints > 1 and self.setting == "finetune" and self.model.path:
             raise InputError("config attribution.checkpoints: averaging over checkpoints needs a base model trained by "
                              "the pipeline, but with setting finetune model.path is the base as it is; set it to 1")
+        if self.attribution.checkpoints > 1 and "proxy" in self.methods and self.attribution.proxy.path:
+            raise InputError("config attribution.checkpoints: averaging over checkpoints needs a proxy trained by the "
+                             "pipeline, but attribution.proxy.path is used as it is; set it to 1")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -147,8 +147,13 @@ class Run:
         cfg = self.cfg
         if cfg.setting == "finetune" and cfg.model.path:
             return cfg.model.path  # a pre-trained model is the base as it is (config refuses checkpoints > 1)
-        snapshots = {"snapshots": cfg.attribution.checkpoints} if cfg.attribution.checkpoints > 1 else {}
-        return self.train_stage("models/base", start, blocks, self.base_train_config(**snapshots))
+        return self.train_stage("models/base", start, blocks, self.scoring_model_config())
+
+    def scoring_model_config(self):
+        """Training configuration of a model that computes scores (the base, a proxy): the base's, plus
+        the snapshots that ``attribution.checkpoints`` averages over."""
+        n = self.cfg.attribution.checkpoints
+        return self.base_train_config(**({"snapshots": n} if n > 1 else {}))
 
     def method_train_config(self, base: str, **overrides):
         """Training configuration of a method: the base's (pretrain) or a short continuation (finetune)."""
@@ -192,25 +197,32 @@ class Run:
                "granularity": granularity, "alignment": a.alignment}
         return str(self.stages.run(name or f"scores/{variant}", key, build))
 
-    def influence_scores(self, variant: str, base: str, blocks: str) -> str:
-        """Scores of ``variant`` from the base model or, with ``attribution.checkpoints`` > 1, the mean of
-        the scores of its training snapshots and of the final model (each with its own factors)."""
+    def influence_scores(self, variant: str, model: str, blocks: str, *, prefix: str = "",
+                         single: tuple[str, str] | None = None) -> str:
+        """Scores of ``variant`` from ``model`` or, with ``attribution.checkpoints`` > 1, the mean of the
+        scores of its training snapshots and of the final model (each with its own factors).
+
+        Stages go under ``prefix``; ``single`` names the factors stage of the one-checkpoint case and the
+        final scores stage in both cases (default: ``factors`` and ``scores/{variant}``).
+        """
+        factors_name, scores_name = single or (f"{prefix}factors", f"{prefix}scores/{variant}")
         if self.cfg.attribution.checkpoints <= 1:
-            return self.scores(variant, base, blocks, self.factors(base, blocks))
+            return self.scores(variant, model, blocks, self.factors(model, blocks, name=factors_name), name=scores_name)
         from ifguide.training.train import list_snapshots
 
-        final = f"step-{read_meta(base, stage='model')['steps']}"
+        final = f"step-{read_meta(model, stage='model')['steps']}"
         parts = []
-        for model, tag in [(str(Path(base) / s), Path(s).name) for s in list_snapshots(base)] + [(base, final)]:
-            factors = self.factors(model, blocks, name=f"checkpoints/{tag}/factors")
-            parts.append(self.scores(variant, model, blocks, factors, name=f"checkpoints/{tag}/scores/{variant}"))
+        for ckpt, tag in [(str(Path(model) / s), Path(s).name) for s in list_snapshots(model)] + [(model, final)]:
+            factors = self.factors(ckpt, blocks, name=f"{prefix}checkpoints/{tag}/factors")
+            parts.append(self.scores(variant, ckpt, blocks, factors, name=f"{prefix}checkpoints/{tag}/scores/{variant}"))
 
         def build(out: Path) -> None:
             from ifguide.attribution.average import average_scores
 
             average_scores(parts, out)
 
-        return str(self.stages.run(f"scores/{variant}", {"average_of": [artifact_fingerprint(p) for p in parts]}, build))
+        key = {"average_of": [artifact_fingerprint(p) for p in parts]}
+        return str(self.stages.run(scores_name, key, build))
 
     def document_scores(self, token_scores: str) -> str:
         """Document-level scores as the row sums of the token scores.
@@ -432,9 +444,8 @@ def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
     """Scores from a smaller proxy model (trained like the base) guide the target model."""
     proxy_cfg = run.cfg.attribution.proxy
     start = run.start_model(tok, proxy_cfg, name="proxy/init")
-    proxy = run.train_stage("proxy/model", start, blocks, run.base_train_config()) if not proxy_cfg.path else proxy_cfg.path
-    factors = run.factors(proxy, blocks, name="proxy/factors")
-    scores = run.scores("differential", proxy, blocks, factors, name="proxy/scores")
+    proxy = run.train_stage("proxy/model", start, blocks, run.scoring_model_config()) if not proxy_cfg.path else proxy_cfg.path
+    scores = run.influence_scores("differential", proxy, blocks, prefix="proxy/", single=("proxy/factors", "proxy/scores"))
     return run.select("proxy", scores), scores
 
 
