@@ -254,7 +254,9 @@ def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
     proxy = {"arch": "llama", "preset": "micro", "init_seed": 1}
     cfg = config_from_dict(micro_config(world, methods=["base", "ifguide", "proxy"],
                                         attribution={"checkpoints": 2, "proxy": proxy}))
-    run_pipeline(cfg, copy)
+    summary = run_pipeline(cfg, copy)
+    # each checkpoint's factors are fitted once and serve both score variants: none was "reused"
+    assert not [s for s in summary["reused_stages"] if "checkpoints/" in s]
     assert read_meta(copy / "models" / "base")["snapshots"] == ["snapshots/step-10"]
     assert read_meta(copy / "models" / "base")["fingerprint"] == read_meta(run_dir / "models" / "base")["fingerprint"]
     parts = [copy / "checkpoints" / step / "scores" / "differential" for step in ("step-10", "step-20")]

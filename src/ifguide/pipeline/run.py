@@ -197,32 +197,36 @@ class Run:
                "granularity": granularity, "alignment": a.alignment}
         return str(self.stages.run(name or f"scores/{variant}", key, build))
 
-    def influence_scores(self, variant: str, model: str, blocks: str, *, prefix: str = "",
-                         single: tuple[str, str] | None = None) -> str:
-        """Scores of ``variant`` from ``model`` or, with ``attribution.checkpoints`` > 1, the mean of the
-        scores of its training snapshots and of the final model (each with its own factors).
+    def influence_scores(self, model: str, blocks: str, variants: list[str], *, prefix: str = "",
+                         scores_name=None) -> dict[str, str]:
+        """Scores of each variant from ``model`` or, with ``attribution.checkpoints`` > 1, the mean of the
+        scores of its training snapshots and of the final model. Each checkpoint's factors are fitted
+        once and serve every variant.
 
-        Stages go under ``prefix``; ``single`` names the factors stage of the one-checkpoint case and the
-        final scores stage in both cases (default: ``factors`` and ``scores/{variant}``).
+        Stages: ``{prefix}factors`` and ``scores_name(variant)`` (default ``{prefix}scores/{variant}``);
+        the per-checkpoint ones under ``{prefix}checkpoints/step-K/``.
         """
-        factors_name, scores_name = single or (f"{prefix}factors", f"{prefix}scores/{variant}")
+        name = scores_name or (lambda variant: f"{prefix}scores/{variant}")
         if self.cfg.attribution.checkpoints <= 1:
-            return self.scores(variant, model, blocks, self.factors(model, blocks, name=factors_name), name=scores_name)
+            factors = self.factors(model, blocks, name=f"{prefix}factors")
+            return {v: self.scores(v, model, blocks, factors, name=name(v)) for v in variants}
         from ifguide.training.train import list_snapshots
 
         final = f"step-{read_meta(model, stage='model')['steps']}"
-        parts = []
+        parts: dict[str, list[str]] = {v: [] for v in variants}
         for ckpt, tag in [(str(Path(model) / s), Path(s).name) for s in list_snapshots(model)] + [(model, final)]:
             factors = self.factors(ckpt, blocks, name=f"{prefix}checkpoints/{tag}/factors")
-            parts.append(self.scores(variant, ckpt, blocks, factors, name=f"{prefix}checkpoints/{tag}/scores/{variant}"))
+            for v in variants:
+                parts[v].append(self.scores(v, ckpt, blocks, factors, name=f"{prefix}checkpoints/{tag}/scores/{v}"))
+        return {v: self.averaged_scores(name(v), parts[v]) for v in variants}
 
+    def averaged_scores(self, name: str, parts: list[str]) -> str:
         def build(out: Path) -> None:
             from ifguide.attribution.average import average_scores
 
             average_scores(parts, out)
 
-        key = {"average_of": [artifact_fingerprint(p) for p in parts]}
-        return str(self.stages.run(scores_name, key, build))
+        return str(self.stages.run(name, {"average_of": [artifact_fingerprint(p) for p in parts]}, build))
 
     def document_scores(self, token_scores: str) -> str:
         """Document-level scores as the row sums of the token scores.
@@ -386,8 +390,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
     if needs_scores - {"differential"}:
         needs_scores.add("differential")
     if needs_scores:
-        for variant in sorted(needs_scores - {"document"}):
-            scores[variant] = run.influence_scores(variant, base, blocks)
+        scores.update(run.influence_scores(base, blocks, sorted(needs_scores - {"document"})))
         if "document" in needs_scores:
             scores["document"] = run.document_scores(scores["differential"])
         if "differential" in scores:
@@ -445,7 +448,8 @@ def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
     proxy_cfg = run.cfg.attribution.proxy
     start = run.start_model(tok, proxy_cfg, name="proxy/init")
     proxy = run.train_stage("proxy/model", start, blocks, run.scoring_model_config()) if not proxy_cfg.path else proxy_cfg.path
-    scores = run.influence_scores("differential", proxy, blocks, prefix="proxy/", single=("proxy/factors", "proxy/scores"))
+    scores = run.influence_scores(proxy, blocks, ["differential"], prefix="proxy/",
+                                  scores_name=lambda _: "proxy/scores")["differential"]
     return run.select("proxy", scores), scores
 
 

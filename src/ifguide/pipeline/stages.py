@@ -54,8 +54,7 @@ class StageRunner:
             recorded = json.loads(stage_file.read_text())
             if recorded.get("key") == digest:
                 self.seconds[name] = recorded.get("seconds", 0.0)
-                if name not in self.skipped:  # a stage shared by two consumers is reused once
-                    self.skipped.append(name)
+                self.skipped.append(name)
                 logger.info("[%s] unchanged, reusing %s", name, path)
                 return path
         logger.info("[%s] running ...", name)

@@ -254,11 +254,13 @@ def train(
 def list_snapshots(model_dir: str | os.PathLike) -> list[str]:
     """The snapshot directories a training run kept (``--snapshots``), relative to the model
     directory, in step order; the final model itself is not among them."""
+    from ifguide.training.trainer import snapshot_step
+
     root = Path(model_dir) / SNAPSHOTS_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
-    return [f"{SNAPSHOTS_DIR}/{p.name}" for p in sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))]
+    found = sorted((step, p.name) for p in root.iterdir() if p.is_dir() and (step := snapshot_step(p.name)) is not None)
+    return [f"{SNAPSHOTS_DIR}/{name}" for _, name in found]
 
 
 def _prepare_work_dir(work: Path, run_key: str, resume: bool) -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ifguide.artifacts import write_meta
 from ifguide.errors import TrainingDiverged
+from ifguide.models import fingerprint_model
 from ifguide.training.objective import suppression_loss
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,12 @@ class SuppressionLogCallback(TrainerCallback):
         return {k: (round(v) if k.startswith("n_") else v) for k, v in zip(keys, summed)}
 
 
+def snapshot_step(name: str) -> int | None:
+    """The step of a finished snapshot directory name ``step-N``; None for anything else."""
+    digits = name.removeprefix("step-")
+    return int(digits) if name.startswith("step-") and digits.isdigit() else None
+
+
 def snapshot_steps(total_steps: int, n: int) -> list[int]:
     """Steps ``round(k * total / n)`` for ``k = 1 .. n-1``: the evenly spaced points of a run at which
     :class:`SnapshotCallback` saves the weights (step ``total`` is the final model itself)."""
@@ -163,11 +171,11 @@ class SnapshotCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.steps = snapshot_steps(state.max_steps, self.n)
         if state.is_world_process_zero and self.directory.is_dir():
-            # a resumed run keeps the snapshots up to its checkpoint; later ones (or all, when it
-            # starts over) are rewritten by this run
+            # a resumed run keeps the finished snapshots up to its checkpoint; later ones (or all, when
+            # it starts over) and half-written ones are rewritten by this run
             for old in self.directory.iterdir():
-                step = old.name.lstrip(".").removeprefix("step-").removesuffix(".tmp")
-                if not step.isdigit() or int(step) > state.global_step or old.name.startswith("."):
+                step = snapshot_step(old.name)
+                if step is None or step > state.global_step:
                     shutil.rmtree(old, ignore_errors=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -180,9 +188,6 @@ class SnapshotCallback(TrainerCallback):
         unwrapped.save_pretrained(tmp)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(tmp)
-        from ifguide.artifacts import write_meta
-        from ifguide.models import fingerprint_model
-
         write_meta(tmp, "model", **self.meta, snapshot_step=state.global_step, total_steps=state.max_steps,
                    fingerprint=fingerprint_model(unwrapped))
         tmp.rename(final)
