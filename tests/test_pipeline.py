@@ -284,3 +284,43 @@ def test_checkpoint_averaged_scores(tmp_path, finished_run, world):
     with pytest.raises(InputError, match="needs a base model trained by the pipeline"):
         config_from_dict(micro_config(world, setting="finetune", model={"path": str(run_dir / "models" / "base")},
                                       attribution={"checkpoints": 2}))
+
+
+def test_conservative_scores_guide_ifguide_and_its_controls(tmp_path, finished_run, world):
+    """attribution.score: conservative selects on min(toxic-only, differential) of the same model; the
+    two parts are the run's existing score stages (nothing re-scored), the paper's differential
+    becomes an ablation checked against the labels, and the proxy combines its own two passes."""
+    import shutil
+
+    from ifguide.artifacts import read_meta
+    from ifguide.pipeline.run import run_pipeline
+
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    proxy = {"arch": "llama", "preset": "micro", "init_seed": 1}
+    cfg = config_from_dict(micro_config(world, methods=["base", "ifguide", "random", "proxy"],
+                                        attribution={"score": "conservative", "proxy": proxy,
+                                                     "ablations": ["differential", "toxic-only"]}))
+    summary = run_pipeline(cfg, copy)
+    assert {"factors", "scores/differential", "scores/toxic-only", "models/base"} <= set(summary["reused_stages"])
+    differential = np.load(copy / "scores" / "differential" / "scores.npy")
+    toxic = np.load(copy / "scores" / "toxic-only" / "scores.npy")
+    conservative = np.load(copy / "scores" / "conservative" / "scores.npy")
+    np.testing.assert_array_equal(conservative, np.minimum(differential, toxic))
+    assert read_meta(copy / "masks" / "ifguide")["scores_fingerprint"] == read_meta(copy / "scores" / "conservative")["fingerprint"]
+    assert summary["methods"]["random"]["attribution"]["n_selected"] == summary["methods"]["ifguide"]["attribution"]["n_selected"]
+    assert set(summary["selection_only"]) == {"differential", "toxic-only"}
+    assert summary["selection_only"]["differential"]["n_selected"] > 0
+    assert "IF-Guide selects on conservative scores" in (copy / "report.html").read_text()
+    # the proxy: its differential pass is the one the default run made, now one of two parts
+    parts = {v: np.load(copy / "proxy" / f"scores-{v}" / "scores.npy") for v in ("differential", "toxic-only")}
+    np.testing.assert_array_equal(parts["differential"], np.load(run_dir / "proxy" / "scores" / "scores.npy"))
+    np.testing.assert_array_equal(np.load(copy / "proxy" / "scores" / "scores.npy"),
+                                  np.minimum(parts["differential"], parts["toxic-only"]))
+    assert read_meta(copy / "masks" / "proxy")["scores_fingerprint"] == read_meta(copy / "proxy" / "scores")["fingerprint"]
+
+    with pytest.raises(InputError, match="attribution.score"):
+        config_from_dict(micro_config(world, attribution={"score": "clipped"}))
+    with pytest.raises(InputError, match="only with attribution.score: conservative"):
+        config_from_dict(micro_config(world, attribution={"ablations": ["differential"]}))

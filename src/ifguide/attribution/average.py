@@ -31,9 +31,10 @@ MUST_AGREE = ("blocks_fingerprint", "tokenizer_fingerprint", "mode", "granularit
 ROWS_PER_CHUNK = 4096
 
 
-def _open_inputs(scores: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], list[dict]]:
-    if len(scores) < 2:
-        raise InputError(f"--scores: give at least two score directories to average, got {len(scores)}")
+def open_score_artifacts(scores: Sequence[str | os.PathLike], must_agree: Sequence[str],
+                         purpose: str) -> tuple[list[np.ndarray], list[dict]]:
+    """Memory-map the ``scores.npy`` of each artifact and check that they share a shape and the
+    meta fields ``must_agree``; ``purpose`` ends the error message ("can be averaged")."""
     arrays, metas = [], []
     for path in map(Path, scores):
         if not (path / "scores.npy").is_file():
@@ -44,10 +45,10 @@ def _open_inputs(scores: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray],
     for path, arr, meta in zip(map(Path, scores), arrays, metas):
         if arr.shape != arrays[0].shape:
             raise InputError(f"{path}: scores of shape {arr.shape}, but {first} has {arrays[0].shape}")
-        for key in MUST_AGREE:
+        for key in must_agree:
             if meta.get(key) != metas[0].get(key):
                 raise InputError(f"{path}: {key} is {meta.get(key)!r}, but {first} has {metas[0].get(key)!r}; "
-                                 "only scores of the same blocks, queries and coordinates can be averaged")
+                                 f"only scores of the same blocks, queries and coordinates {purpose}")
     return arrays, metas
 
 
@@ -60,7 +61,9 @@ def average_scores(scores: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """
     if dtype not in ("float32", "float16"):
         raise InputError(f"--scores-dtype: expected float32 or float16, got {dtype!r}")
-    arrays, metas = _open_inputs(scores)
+    if len(scores) < 2:
+        raise InputError(f"--scores: give at least two score directories to average, got {len(scores)}")
+    arrays, metas = open_score_artifacts(scores, MUST_AGREE, "can be averaged")
     out = Path(out)
     shape = arrays[0].shape
     with artifact_dir(out) as tmp:

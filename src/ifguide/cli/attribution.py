@@ -1,4 +1,4 @@
-"""Verbs ``fit-factors``, ``score`` and ``average-scores``: influence factors and token-wise influence scores."""
+"""Verbs ``fit-factors``, ``score``, ``average-scores``, ``conservative-scores``: influence factors and scores."""
 
 from __future__ import annotations
 
@@ -98,6 +98,13 @@ def _average_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conservative_scores(args: argparse.Namespace) -> int:
+    from ifguide.attribution.conservative import conservative_scores
+
+    conservative_scores(args.differential, args.toxic_only, args.out, dtype=args.scores_dtype)
+    return 0
+
+
 def register(subparsers) -> None:
     from ifguide.attribution.factors import PHASES, STRATEGIES
     from ifguide.attribution.scores import ALIGNMENTS, GRANULARITIES, MODES, SCORE_DTYPES
@@ -162,6 +169,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="scores directory to write")
     p.add_argument("--scores-dtype", default="float32", choices=SCORE_DTYPES, help="dtype of scores.npy")
     p.set_defaults(func=_average_scores)
+
+    p = subparsers.add_parser(
+        "conservative-scores",
+        help="min(toxic-only, differential): the differential score without credit for hurting safe continuations",
+        description="I_toxic - max(I_safe, 0) = min(toxic-only, differential), element-wise. Score the same model, "
+        "blocks and queries twice with `ifguide score` (--mode differential and --mode toxic-only), then combine "
+        "them here. Not the paper's score; see ifguide.attribution.conservative for when it helps.",
+    )
+    p.add_argument("--differential", required=True, help="scores directory of mode differential")
+    p.add_argument("--toxic-only", required=True, help="scores directory of mode toxic-only (same model and blocks)")
+    p.add_argument("--out", required=True, help="scores directory to write")
+    p.add_argument("--scores-dtype", default="float32", choices=SCORE_DTYPES, help="dtype of scores.npy")
+    p.set_defaults(func=_conservative_scores)
 
 
 def _add_sharding_args(p: argparse.ArgumentParser) -> None:

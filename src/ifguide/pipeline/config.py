@@ -92,8 +92,11 @@ class AttributionSection:
         "score with this many checkpoints of the training of the scoring model (the base, or the proxy), evenly "
         "spaced and ending with the final model, and average the scores (TracIn-style; needs a model trained by "
         "the pipeline). 1: the final model only, as in the paper", 1)
+    score: str = help_field(
+        "the scores IF-Guide selects on: 'differential' (the paper: toxic minus safe queries) or 'conservative' "
+        "(min(toxic-only, differential): no credit for hurting safe continuations; scores twice)", "differential")
     ablations: list[str] = help_field(
-        "score variants ('toxic-only', 'document') whose selections are checked against the corpus's ground-truth "
+        "score variants ('toxic-only', 'document', and 'differential' with score: conservative) whose selections are checked against the corpus's ground-truth "
         "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
 
     def __post_init__(self):
@@ -101,9 +104,14 @@ class AttributionSection:
             raise InputError(f"config attribution.alignment: expected 'next' or 'same', got {self.alignment!r}")
         if not isinstance(self.checkpoints, int) or self.checkpoints < 1:
             raise InputError(f"config attribution.checkpoints: expected a whole number >= 1, got {self.checkpoints!r}")
-        bad = [a for a in self.ablations if a not in ("toxic-only", "document")]
+        if self.score not in ("differential", "conservative"):
+            raise InputError(f"config attribution.score: expected 'differential' or 'conservative', got {self.score!r}")
+        bad = [a for a in self.ablations if a not in ("toxic-only", "document", "differential")]
         if bad:
-            raise InputError(f"config attribution.ablations: unknown {bad}; known: toxic-only, document")
+            raise InputError(f"config attribution.ablations: unknown {bad}; known: toxic-only, document, differential")
+        if "differential" in self.ablations and self.score == "differential":
+            raise InputError("config attribution.ablations: 'differential' is IF-Guide's own score here; "
+                             "it is an ablation only with attribution.score: conservative")
 
 
 @dataclass

@@ -39,7 +39,11 @@ def demo_config(world, out: str | os.PathLike, *, quick: bool = False) -> Pipeli
                         # two epochs over a templated corpus: the final model has memorised the insults
                         # (small gradients), so scores are averaged with those of the mid-training
                         # checkpoint (2 was the most reliable over 7 query draws; see the README)
-                        "checkpoints": 2, "ablations": ["toxic-only", "document"]},
+                        "checkpoints": 2,
+                        # the paper's differential also credits tokens that merely compete with a safe
+                        # continuation (` path` of "The path to …" vs "The soup is burning"); min(toxic-only,
+                        # differential) does not, and was ahead of both on worlds 1-4 (README)
+                        "score": "conservative", "ablations": ["differential", "toxic-only", "document"]},
         # The paper's −λ·CE, bounded at 8 nats: unbounded, it runs away on this small world (the
         # toxic-target CE passed 50 and insults spread to unrelated contexts); see bench/penalty.py.
         "selection": {"threshold": 0.99, "window": 1, "budget": 0.02, "lam": 1.0, "ce_clip": 8.0},

@@ -41,7 +41,7 @@ def _method_entry(res: dict) -> dict:
     return entry
 
 
-def _method_stages(method: str, masks: dict) -> list[str]:
+def _method_stages(method: str, masks: dict, guide: str = "differential") -> list[str]:
     """Stages whose time a method adds on top of the base model and its evaluation."""
     from ifguide.pipeline.run import MASKED_METHODS, RAD_METHODS
 
@@ -50,16 +50,20 @@ def _method_stages(method: str, masks: dict) -> list[str]:
     if spec:
         mask = spec["mask"]
         stages.append(f"masks/{mask}")
-        variant = {"ifguide": "differential", "toxic-only": "toxic-only", "document": "document", "random": "differential",
-                   "oracle": "differential"}.get(mask)
+        variant = {"ifguide": guide, "toxic-only": "toxic-only", "document": "document", "random": guide,
+                   "oracle": guide}.get(mask)
         if variant:
             stages += ["factors", f"scores/{variant}"]
+        if variant == "conservative":
+            stages += ["scores/differential", "scores/toxic-only"]
         if mask in ("random", "oracle"):
             stages.append("masks/ifguide")
         if mask == "proxy":
             stages += ["proxy/init", "proxy/model", "proxy/factors", "proxy/scores"]
+            if guide == "conservative":
+                stages += ["proxy/scores-differential", "proxy/scores-toxic-only"]
     if method in RAD_METHODS and RAD_METHODS[method] != "base":
-        stages += _method_stages(RAD_METHODS[method], masks)
+        stages += _method_stages(RAD_METHODS[method], masks, guide)
     return list(dict.fromkeys(stages))
 
 
@@ -83,7 +87,8 @@ def write_summary(run, methods, evals, models, masks, quality, seconds) -> dict:
         row = next(r for r in table.rows if r["method"] == m)
         entry["reduction_vs_baseline"] = {"emt": row.get("emt_full_reduction"), "tp": row.get("tp_full_reduction")}
         entry["paired"] = {k[3:]: v for k, v in row.items() if k.startswith("vs_")}
-        entry["extra_seconds"] = {s: round(run.stages.seconds[s], 2) for s in _method_stages(m, masks) if s in run.stages.seconds}
+        entry["extra_seconds"] = {s: round(run.stages.seconds[s], 2) for s in _method_stages(m, masks, cfg.attribution.score)
+                                  if s in run.stages.seconds}
         summary["methods"][m] = entry
     summary["selection_only"] = {k: v for k, v in quality.items() if k not in names}
     summary["seconds"] = seconds
@@ -228,13 +233,17 @@ def _scores_note(scores: dict) -> str:
     """Which model(s) the influence scores come from: the final base model, or a checkpoint average."""
     from ifguide.artifacts import read_meta
 
-    if "differential" not in scores:
+    if "ifguide" not in scores:
         return ""
-    averaged = read_meta(scores["differential"]).get("averaged_over")
+    meta = read_meta(scores["ifguide"])
+    kind = ("IF-Guide selects on conservative scores, min(toxic-only, differential)." if meta.get("mode") == "conservative"
+            else "IF-Guide selects on differential scores (toxic minus safe queries).")
+    averaged = meta.get("averaged_over")
     if not averaged:
-        return " Influence scores are those of the final base model."
+        return f" {kind} Influence scores are those of the final base model."
     steps = ", ".join(Path(part["scores"]).parent.parent.name for part in averaged)
-    return f" Influence scores are averaged over {len(averaged)} checkpoints of the base run ({html.escape(steps)})."
+    return (f" {kind} Influence scores are averaged over {len(averaged)} checkpoints of the base run "
+            f"({html.escape(steps)}).")
 
 
 def write_report(run, summary, methods, evals, models, masks, scores, blocks, tok) -> Path:
@@ -258,13 +267,13 @@ def write_report(run, summary, methods, evals, models, masks, scores, blocks, to
     curves = _loss_curves({m: p for m, p in models.items()})
     if curves:
         parts += ["<h2>Loss curves</h2>", _img(curves, "loss curves")]
-    if "ifguide" in masks and "differential" in scores:
+    if "ifguide" in masks and "ifguide" in scores:
         from ifguide.selection.inspect import _documents_to_show, histogram_png, render_inspector_html
         from ifguide.selection.masks import read_mask
 
         mask, meta = read_mask(masks["ifguide"])
         b = Blocks.open(blocks)
-        sc = np.load(Path(scores["differential"]) / "scores.npy", mmap_mode="r")
+        sc = np.load(Path(scores["ifguide"]) / "scores.npy", mmap_mode="r")
         docs = _documents_to_show(mask, meta, 12)
         parts += ["<h2>Selected tokens (top-ranked documents)</h2>",
                   render_inspector_html(b.input_ids, sc, mask, load_tokenizer(tok), docs, tau=meta.get("tau"),

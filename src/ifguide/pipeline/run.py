@@ -3,7 +3,7 @@
 Stages (each a directory under the run directory, see :mod:`ifguide.pipeline.stages`)::
 
     tokenizer/  blocks/  heldout/  init/  models/base/
-    factors/  scores/{differential,toxic-only,document}/  masks/{ifguide,random,oracle,...}/
+    factors/  scores/{differential,toxic-only,conservative,document}/  masks/{ifguide,random,oracle,...}/
     models/{ifguide,random,...}/  eval/{base,ifguide,...}/  compare/  report.html  summary.json
 
 Every method shares the tokenizer, blocks, base model, seed (hence data order), budget and
@@ -228,6 +228,15 @@ class Run:
 
         return str(self.stages.run(name, {"average_of": [artifact_fingerprint(p) for p in parts]}, build))
 
+    def conservative_scores(self, differential: str, toxic_only: str, name: str = "scores/conservative") -> str:
+        def build(out: Path) -> None:
+            from ifguide.attribution.conservative import conservative_scores
+
+            conservative_scores(differential, toxic_only, out)
+
+        key = {"differential": artifact_fingerprint(differential), "toxic_only": artifact_fingerprint(toxic_only)}
+        return str(self.stages.run(name, key, build))
+
     def document_scores(self, token_scores: str) -> str:
         """Document-level scores as the row sums of the token scores.
 
@@ -384,23 +393,30 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
     models: dict[str, str] = {"base": base}
     masks: dict[str, str] = {}
     scores: dict[str, str] = {}
+    guide = cfg.attribution.score  # the scores IF-Guide's mask (and the controls sized like it) come from
     needs_scores = {SCORE_VARIANTS[m] for m in methods if m in SCORE_VARIANTS} | set(cfg.attribution.ablations) | (
         {"differential"} if set(methods) & {"unlikelihood", "remove", "ifguide+rad", "filter-scorer"} else set()
     )
     if needs_scores - {"differential"}:
         needs_scores.add("differential")
+    if needs_scores and guide == "conservative":
+        needs_scores.add("toxic-only")
     if needs_scores:
         scores.update(run.influence_scores(base, blocks, sorted(needs_scores - {"document"})))
+        if guide == "conservative":
+            scores["conservative"] = run.conservative_scores(scores["differential"], scores["toxic-only"])
+        scores["ifguide"] = scores[guide]
         if "document" in needs_scores:
             scores["document"] = run.document_scores(scores["differential"])
-        if "differential" in scores:
-            masks["ifguide"] = run.select("ifguide", scores["differential"])
+        masks["ifguide"] = run.select("ifguide", scores["ifguide"])
         for variant in ("toxic-only", "document"):
             if variant in scores:
                 masks[variant] = run.select(variant, scores[variant])
+        if "differential" in cfg.attribution.ablations:  # only with score: conservative (checked by the config)
+            masks["differential"] = run.select("differential", scores["differential"])
         for kind in ("random", "oracle"):
             if kind in methods:
-                masks[kind] = run.control_mask(kind, masks["ifguide"], blocks, scores["differential"])
+                masks[kind] = run.control_mask(kind, masks["ifguide"], blocks, scores["ifguide"])
     if "proxy" in methods:
         masks["proxy"], scores["proxy"] = _proxy_mask(run, tok, blocks)
 
@@ -412,7 +428,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
             config = run.method_train_config(base, **overrides)
             models[m] = run.train_stage(f"models/{m}", train_start, blocks, config, mask=masks[spec["mask"]])
         elif m in FILTER_METHODS:
-            models[m] = _filtered_model(run, m, train_start, base, blocks, tok, masks.get("ifguide"), scores.get("differential"))
+            models[m] = _filtered_model(run, m, train_start, base, blocks, tok, masks.get("ifguide"), scores.get("ifguide"))
         elif m == "dpo":
             models[m] = _dpo_model(run, base)
 
@@ -431,7 +447,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
         for m in methods:
             spec = MASKED_METHODS.get(m)
             if spec and spec["mask"] in masks:
-                variant = {"ifguide": "differential", "toxic-only": "toxic-only", "document": "document"}.get(spec["mask"])
+                variant = {"ifguide": "ifguide", "toxic-only": "toxic-only", "document": "document"}.get(spec["mask"])
                 quality[m] = attribution_quality(masks[spec["mask"]], blocks, cfg.selection.window,
                                                  scores.get(variant) if variant else None)
         for variant in cfg.attribution.ablations:
@@ -448,8 +464,13 @@ def _proxy_mask(run: Run, tok: str, blocks: str) -> tuple[str, str]:
     proxy_cfg = run.cfg.attribution.proxy
     start = run.start_model(tok, proxy_cfg, name="proxy/init")
     proxy = run.train_stage("proxy/model", start, blocks, run.scoring_model_config()) if not proxy_cfg.path else proxy_cfg.path
-    scores = run.influence_scores(proxy, blocks, ["differential"], prefix="proxy/",
-                                  scores_name=lambda _: "proxy/scores")["differential"]
+    if run.cfg.attribution.score == "differential":
+        scores = run.influence_scores(proxy, blocks, ["differential"], prefix="proxy/",
+                                      scores_name=lambda _: "proxy/scores")["differential"]
+    else:
+        parts = run.influence_scores(proxy, blocks, ["differential", "toxic-only"], prefix="proxy/",
+                                     scores_name=lambda variant: f"proxy/scores-{variant}")
+        scores = run.conservative_scores(parts["differential"], parts["toxic-only"], name="proxy/scores")
     return run.select("proxy", scores), scores
 
 
