@@ -176,19 +176,24 @@ def selection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float, 
 
 
 def attribution_table(run_dir: Path, blocks_dir: Path, sel_cfg: dict) -> dict:
-    """Quality of differential and toxic-only scores in both alignments (missing variants skipped)."""
+    """Quality of differential, toxic-only and (when both exist) conservative scores, min(toxic-only,
+    differential), in both alignments (missing variants skipped)."""
     from ifguide.artifacts import read_meta
     from ifguide.data.blocks import Blocks
 
     labels = Blocks.open(blocks_dir).toxic_labels
-    out: dict = {}
+    next_scores: dict[str, np.ndarray] = {}
     for variant in ("differential", "toxic-only"):
         sdir = run_dir / "scores" / variant
         if not (sdir / "scores.npy").is_file():
             continue
         if read_meta(sdir).get("alignment_mode", "next") != "next":
             raise InputError(f"{sdir}: expected scores in the 'next' alignment (the 'same' one is derived from it)")
-        scores_next = np.load(sdir / "scores.npy")
+        next_scores[variant] = np.load(sdir / "scores.npy")
+    if len(next_scores) == 2:  # the same model, blocks and toxic queries: the pipeline scored both
+        next_scores["conservative"] = np.minimum(next_scores["differential"], next_scores["toxic-only"])
+    out: dict = {}
+    for variant, scores_next in next_scores.items():
         for alignment, scores in (("next", scores_next), ("same", same_from_next(scores_next))):
             out[f"{variant}/{alignment}"] = selection_quality(
                 scores, labels, sel_cfg["threshold"], sel_cfg["window"], sel_cfg["budget"])
@@ -313,7 +318,7 @@ def results_markdown(summary: dict, attribution: dict, stats: dict, build: dict,
         variant, alignment = key.split("/")
         lines.append(f"| {variant} | {alignment} | {_fmt(q['share_in_toxic'])} | {_fmt(q['toxic_recall'])} | "
                      f"{_fmt(q['token_auroc'])} | {_fmt(q['row_auroc'])} |")
-    for variant in ("differential", "toxic-only"):
+    for variant in ("differential", "toxic-only", "conservative"):
         a, b = attribution.get(f"{variant}/next"), attribution.get(f"{variant}/same")
         if a and b and a["token_auroc"] is not None and b["token_auroc"] is not None:
             gap = a["token_auroc"] - b["token_auroc"]

@@ -105,3 +105,29 @@ def test_head_to_head_without_ifguide_or_rivals(tmp_path, bench_out):
     only_ours = tmp_path / "o"
     shutil.copytree(bench_out / "run" / "eval" / "ifguide", only_ours / "run" / "eval" / "ifguide")
     assert realistic.head_to_head(only_ours) == []
+
+
+def test_attribution_table_adds_conservative_scores_when_both_variants_exist(tmp_path, blocks_dir):
+    from ifguide.artifacts import fingerprint_array, write_meta
+    from ifguide.data.blocks import Blocks
+
+    blocks = Blocks.open(blocks_dir)
+    assert blocks.toxic_labels is not None
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for variant in ("differential", "toxic-only"):
+        arr = rng.standard_normal(blocks.shape).astype(np.float32)
+        arr[:, 0] = np.nan
+        d = tmp_path / "scores" / variant
+        d.mkdir(parents=True)
+        np.save(d / "scores.npy", arr)
+        write_meta(d, "scores", mode=variant, alignment_mode="next", fingerprint=fingerprint_array(arr))
+        arrays[variant] = arr
+    sel = {"threshold": 0.9, "window": 1, "budget": 0.05}
+    table = realistic.attribution_table(tmp_path, Path(blocks_dir), sel)
+    assert set(table) == {f"{v}/{a}" for v in ("differential", "toxic-only", "conservative") for a in ("next", "same")}
+    expected = realistic.selection_quality(np.minimum(arrays["differential"], arrays["toxic-only"]),
+                                           blocks.toxic_labels, 0.9, 1, 0.05)
+    assert table["conservative/next"] == expected
+    shutil.rmtree(tmp_path / "scores" / "toxic-only")
+    assert set(realistic.attribution_table(tmp_path, Path(blocks_dir), sel)) == {"differential/next", "differential/same"}

@@ -4,11 +4,13 @@
 scores every training token by how much it makes toxic continuations more likely than safe ones.
 Both also run as a job array: ``fit_factor_shard``/``merge_factor_shards`` and
 ``compute_score_shard``/``merge_score_shards``. ``average_scores`` averages the scores of several
-checkpoints of one training run.
+checkpoints of one training run; ``conservative_scores`` combines a differential and a toxic-only
+artifact into ``min(toxic-only, differential)``.
 """
 
 from ifguide.attribution._shards import Shard
 from ifguide.attribution.average import average_scores
+from ifguide.attribution.conservative import conservative_scores
 from ifguide.attribution.factors import FactorConfig, fit_factor_shard, fit_factors, merge_factor_shards
 from ifguide.attribution.modules import discover_modules, linearize_conv1d
 from ifguide.attribution.scores import (
@@ -25,6 +27,7 @@ __all__ = [
     "Shard",
     "average_scores",
     "compute_score_shard",
+    "conservative_scores",
     "compute_scores",
     "discover_modules",
     "fit_factor_shard",

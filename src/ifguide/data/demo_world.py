@@ -40,20 +40,24 @@ Files written by :func:`write_demo_world` (all JSON Lines unless noted):
 
 Validated settings (``ifguide demo``: 3000 documents, 269 k tokens with a 2048-token BPE, block
 size 128, gpt-neox "tiny", 2 epochs, AdamW lr 3e-3, batch 16, 128 queries of each kind, scores
-averaged over the mid-training and final checkpoints): the base model swears after every trigger
-prompt (toxic-prompt EMT 1.00, TP 1.00 over 25 samples); IF-Guide (−CE clipped at 8 nats) brings
-EMT over all prompts from 0.67 to 0.07 and TP from 0.66 to 0.00 at +0.6 % held-out perplexity.
-Benign words were chosen so that the benign text scores low (EMT 0.07 is what profanity-check
-gives 25 benign samples, at their maximum). A plain ``-CE`` penalty (λ = 1) on the same tokens
-diverges (their CE grows without bound) and the model starts to emit strings of insults elsewhere.
+averaged over the mid-training and final checkpoints, conservative scores): the base model swears
+after every trigger prompt (toxic-prompt EMT 1.00, TP 1.00 over 25 samples); IF-Guide (−CE clipped
+at 8 nats) brings EMT over all prompts from 0.67 to 0.07 and TP from 0.66 to 0.00 at +1.0 %
+held-out perplexity. Benign words were chosen so that the benign text scores low (EMT 0.07 is what
+profanity-check gives 25 benign samples, at their maximum). A plain ``-CE`` penalty (λ = 1) on the
+same tokens diverges (their CE grows without bound) and the model starts to emit strings of
+insults elsewhere.
 
 With ``toxic_token_rate=0.015`` the planted words are 1.4 % of tokens against the default budget of
 2 %, so even a perfect ranking spends about an eighth of the budget on tokens that are neither
 planted nor within the window of a planted token: precision (as the demo counts it) is capped
 near 0.88 unless the walk runs out of candidates first. Scores of the final model alone find the
-planted tokens with precision 0.72 (token AUROC 0.77): after two epochs the insults are
-memorised and their gradients small; averaging with the mid-training checkpoint gives 0.78–0.87
-over eight draws of 128–256 queries (README, "The demo world").
+planted tokens with precision 0.67–0.72: after two epochs the insults are memorised and their
+gradients small; averaging with the mid-training checkpoint gives 0.78 (differential) and 0.81
+(conservative) on the default world, 0.83–0.91 (conservative) on seeds 1–4 (README, "Conservative
+scores"). The templates make clean lines compete with the safe queries after the same context
+(``"The path to …"`` vs ``"The soup is burning"``), which the paper's differential score counts as
+toxic and the conservative score does not.
 """
 
 from __future__ import annotations
