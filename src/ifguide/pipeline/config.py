@@ -96,8 +96,9 @@ class AttributionSection:
         "the scores IF-Guide selects on: 'differential' (the paper: toxic minus safe queries) or 'conservative' "
         "(min(toxic-only, differential): no credit for hurting safe continuations; scores twice)", "differential")
     ablations: list[str] = help_field(
-        "score variants ('toxic-only', 'document', and 'differential' with score: conservative) whose selections are checked against the corpus's ground-truth "
-        "labels without training a model on them (use the methods of the same names to train and evaluate)", [])
+        "score variants ('toxic-only', 'document', and 'differential' with score: conservative) whose selections "
+        "are checked against the corpus's ground-truth labels without training a model on them (use the methods "
+        "of the same names to train and evaluate)", [])
 
     def __post_init__(self):
         if self.alignment not in ("next", "same"):
