@@ -312,7 +312,10 @@ def test_conservative_scores_guide_ifguide_and_its_controls(tmp_path, finished_r
     assert summary["methods"]["random"]["attribution"]["n_selected"] == summary["methods"]["ifguide"]["attribution"]["n_selected"]
     assert set(summary["selection_only"]) == {"differential", "toxic-only"}
     assert summary["selection_only"]["differential"]["n_selected"] > 0
-    assert "IF-Guide selects on conservative scores" in (copy / "report.html").read_text()
+    report = (copy / "report.html").read_text()
+    assert "IF-Guide selects on conservative scores" in report
+    precision = summary["selection_only"]["differential"]["precision"]
+    assert f"<td>differential (selection only)</td><td>{precision:.3f}</td>" in report
     # the proxy: its differential pass is the one the default run made, now one of two parts
     parts = {v: np.load(copy / "proxy" / f"scores-{v}" / "scores.npy") for v in ("differential", "toxic-only")}
     np.testing.assert_array_equal(parts["differential"], np.load(run_dir / "proxy" / "scores" / "scores.npy"))

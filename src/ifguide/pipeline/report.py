@@ -198,6 +198,27 @@ def _summary_table(summary: dict, methods: list[str]) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def _selection_table(summary: dict, methods: list[str]) -> str:
+    """Each selection against the corpus's ground-truth labels: the trained methods' masks and the
+    ablations that were only selected (``selection_only``). Empty without labels."""
+    entries = [(m, summary["methods"][m].get("attribution")) for m in methods]
+    entries += [(f"{name} (selection only)", q) for name, q in summary.get("selection_only", {}).items()]
+    entries = [(name, q) for name, q in entries if q]
+    if not entries:
+        return ""
+
+    def f(x):
+        return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    keys = ("precision", "recall", "strict_precision", "n_selected", "token_auroc")
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in [name, *(f(q.get(k)) for k in keys)]) + "</tr>"
+                   for name, q in entries)
+    return ("<h2>Selected tokens vs ground truth</h2><p class='note'>precision counts a selected token within the "
+            "window of a labelled toxic token as correct; strict precision only the labelled tokens themselves; "
+            "recall is the share of labelled toxic tokens selected.</p><table><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in ("selection", *keys)) + "</tr></thead><tbody>" + rows + "</tbody></table>")
+
+
 def _paired_table(summary: dict, methods: list[str], ref: str) -> str:
     rows = []
     for m in methods:
@@ -263,6 +284,7 @@ def write_report(run, summary, methods, evals, models, masks, scores, blocks, to
              _paired_table(summary, methods, cfg.baseline)]
     if summary.get("control"):
         parts.append(_paired_table(summary, methods, summary["control"]))
+    parts.append(_selection_table(summary, methods))
     parts += ["<h2>Toxicity and perplexity</h2>", _img(_bars(summary, methods), "bar charts")]
     curves = _loss_curves({m: p for m, p in models.items()})
     if curves:
