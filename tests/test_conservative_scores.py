@@ -36,9 +36,9 @@ def _pair(tmp_path, rng, shape=(7, 9), **toxic_meta):
 
 def test_subtracts_only_what_also_helps_safe_queries(tmp_path, monkeypatch):
     """Reference: I_toxic - max(I_safe, 0) with I_safe = toxic-only - differential, element by element."""
-    import ifguide.attribution.conservative as conservative_mod
+    import ifguide.attribution.average as average_mod
 
-    monkeypatch.setattr(conservative_mod, "ROWS_PER_CHUNK", 3)  # several chunks, the last one short
+    monkeypatch.setattr(average_mod, "ROWS_PER_CHUNK", 3)  # several chunks (the shared writer), the last one short
     d, t, differential, toxic = _pair(tmp_path, np.random.default_rng(0))
     out = conservative_scores(d, t, tmp_path / "out")
     got = np.load(out / "scores.npy")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,33 @@ def open_score_artifacts(scores: Sequence[str | os.PathLike], must_agree: Sequen
     return arrays, metas
 
 
+def check_scores_dtype(dtype: str) -> None:
+    from ifguide.attribution.scores import SCORE_DTYPES
+
+    if dtype not in SCORE_DTYPES:
+        raise InputError(f"--scores-dtype: expected one of {', '.join(SCORE_DTYPES)}, got {dtype!r}")
+
+
+def write_elementwise(tmp: Path, scores: Sequence[str | os.PathLike], arrays: list[np.ndarray], dtype: str,
+                      combine: Callable[[list[np.ndarray]], np.ndarray]) -> str:
+    """Write ``combine(rows)`` of the inputs, chunk by chunk in float64, to ``tmp/scores.npy`` and
+    return its fingerprint. The inputs must leave the same positions unscored (NaN); those stay NaN."""
+    shape = arrays[0].shape
+    dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.dtype(dtype), shape=shape)
+    for start in range(0, shape[0], ROWS_PER_CHUNK):
+        stop = min(shape[0], start + ROWS_PER_CHUNK)
+        rows = [np.asarray(arr[start:stop], dtype=np.float64) for arr in arrays]
+        finite = np.isfinite(rows[0])
+        for path, part in zip(scores[1:], rows[1:]):
+            if not np.array_equal(np.isfinite(part), finite):
+                raise InputError(f"{path}: its scored positions differ from {scores[0]}'s (rows {start}..{stop - 1})")
+        dst[start:stop] = np.where(finite, combine([np.where(finite, r, 0.0) for r in rows]), np.nan)
+    dst.flush()
+    fingerprint = fingerprint_array(dst)
+    del dst
+    return fingerprint
+
+
 def average_scores(scores: Sequence[str | os.PathLike], out: str | os.PathLike, *, dtype: str = "float32") -> Path:
     """Write the element-wise mean of the score artifacts ``scores`` to the scores artifact ``out``.
 
@@ -59,29 +86,13 @@ def average_scores(scores: Sequence[str | os.PathLike], out: str | os.PathLike, 
     scored with factors fitted for that checkpoint. The result is an ordinary scores artifact:
     ``ifguide select`` and the rest of the pipeline read it like any other.
     """
-    if dtype not in ("float32", "float16"):
-        raise InputError(f"--scores-dtype: expected float32 or float16, got {dtype!r}")
+    check_scores_dtype(dtype)
     if len(scores) < 2:
         raise InputError(f"--scores: give at least two score directories to average, got {len(scores)}")
     arrays, metas = open_score_artifacts(scores, MUST_AGREE, "can be averaged")
     out = Path(out)
-    shape = arrays[0].shape
     with artifact_dir(out) as tmp:
-        dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.dtype(dtype), shape=shape)
-        for start in range(0, shape[0], ROWS_PER_CHUNK):
-            stop = min(shape[0], start + ROWS_PER_CHUNK)
-            total = np.zeros((stop - start, shape[1]), dtype=np.float64)
-            finite = None
-            for path, arr in zip(scores, arrays):
-                rows = np.asarray(arr[start:stop], dtype=np.float64)
-                here = np.isfinite(rows)
-                if finite is None:
-                    finite = here
-                elif not np.array_equal(here, finite):
-                    raise InputError(f"{path}: its scored positions differ from {scores[0]}'s (rows {start}..{stop - 1})")
-                total += np.where(here, rows, 0.0)
-            dst[start:stop] = np.where(finite, total / len(arrays), np.nan)
-        dst.flush()
+        fingerprint = write_elementwise(tmp, scores, arrays, dtype, lambda rows: sum(rows) / len(rows))
         first = metas[0]
         inherited = {k: first[k] for k in (*MUST_AGREE, "alignment", "query_counts", "thresholds", "normalisation",
                                            "strategy", "modules") if k in first}
@@ -94,8 +105,7 @@ def average_scores(scores: Sequence[str | os.PathLike], out: str | os.PathLike, 
                             "model_fingerprint": m.get("model_fingerprint")} for p, m in zip(scores, metas)],
             model=[m.get("model") for m in metas],
             scores_dtype=dtype,
-            fingerprint=fingerprint_array(dst),
+            fingerprint=fingerprint,
         )
-        del dst
     logger.info("mean of %d score artifacts -> %s", len(arrays), out)
     return out

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ifguide.artifacts import artifact_dir, fingerprint_array, write_meta
-from ifguide.attribution.average import ROWS_PER_CHUNK, open_score_artifacts
+from ifguide.artifacts import artifact_dir, write_meta
+from ifguide.attribution.average import check_scores_dtype, open_score_artifacts, write_elementwise
 from ifguide.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -65,23 +65,13 @@ def conservative_scores(differential: str | os.PathLike, toxic_only: str | os.Pa
     ``differential`` and ``toxic-only``, the same blocks, tokenizer, granularity, alignment,
     scoring model(s), number of toxic queries, shape and unscored (NaN) positions.
     """
-    if dtype not in ("float32", "float16"):
-        raise InputError(f"--scores-dtype: expected float32 or float16, got {dtype!r}")
+    check_scores_dtype(dtype)
     differential, toxic_only, out = Path(differential), Path(toxic_only), Path(out)
     arrays, metas = open_score_artifacts([differential, toxic_only], MUST_AGREE, "can be combined")
     _check_pair(differential, toxic_only, metas)
-    shape = arrays[0].shape
     with artifact_dir(out) as tmp:
-        dst = np.lib.format.open_memmap(tmp / "scores.npy", mode="w+", dtype=np.dtype(dtype), shape=shape)
-        for start in range(0, shape[0], ROWS_PER_CHUNK):
-            stop = min(shape[0], start + ROWS_PER_CHUNK)
-            diff = np.asarray(arrays[0][start:stop], dtype=np.float64)
-            tox = np.asarray(arrays[1][start:stop], dtype=np.float64)
-            if not np.array_equal(np.isfinite(diff), np.isfinite(tox)):
-                raise InputError(f"{toxic_only}: its scored positions differ from {differential}'s "
-                                 f"(rows {start}..{stop - 1})")
-            dst[start:stop] = np.minimum(diff, tox)  # NaN where both are NaN
-        dst.flush()
+        fingerprint = write_elementwise(tmp, [differential, toxic_only], arrays, dtype,
+                                        lambda rows: np.minimum(rows[0], rows[1]))
         first = metas[0]
         inherited = {k: first[k] for k in (*MUST_AGREE, "alignment", "query_counts", "thresholds", "strategy",
                                            "modules", "model", "averaged_over") if k in first}
@@ -98,8 +88,7 @@ def conservative_scores(differential: str | os.PathLike, toxic_only: str | os.Pa
                            for p, m in ((differential, metas[0]), (toxic_only, metas[1]))],
             model_fingerprint=first.get("model_fingerprint"),
             scores_dtype=dtype,
-            fingerprint=fingerprint_array(dst),
+            fingerprint=fingerprint,
         )
-        del dst
     logger.info("conservative scores min(%s, %s) -> %s", toxic_only, differential, out)
     return out

@@ -447,9 +447,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike | None = None, *, f
         for m in methods:
             spec = MASKED_METHODS.get(m)
             if spec and spec["mask"] in masks:
-                variant = {"ifguide": "ifguide", "toxic-only": "toxic-only", "document": "document"}.get(spec["mask"])
-                quality[m] = attribution_quality(masks[spec["mask"]], blocks, cfg.selection.window,
-                                                 scores.get(variant) if variant else None)
+                mask = spec["mask"]  # masks built from scores are stored under the name of their scores
+                quality[m] = attribution_quality(masks[mask], blocks, cfg.selection.window,
+                                                 scores.get(mask) if mask in ("ifguide", "toxic-only", "document") else None)
         for variant in cfg.attribution.ablations:
             if variant not in quality:
                 quality[variant] = attribution_quality(masks[variant], blocks, cfg.selection.window,
